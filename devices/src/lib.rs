@@ -1,1 +1,7 @@
-//! devices
+//! Guest-visible devices. Devices see guest memory only through vm-memory and
+//! reach the VMM only through the [`bus::BusDevice`] trait and eventfds.
+
+pub mod bus;
+pub mod legacy;
+
+pub use bus::{Bus, BusDevice, BusError};

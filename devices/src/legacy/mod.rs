@@ -1,0 +1,11 @@
+//! Legacy PC devices: 8250 UART, i8042, boot timer, CMOS RTC.
+
+mod boot_timer;
+mod cmos;
+mod i8042;
+mod serial;
+
+pub use boot_timer::{BootTimer, BOOT_TIMER_PORT};
+pub use cmos::Cmos;
+pub use i8042::I8042;
+pub use serial::{EventFdTrigger, Serial};
