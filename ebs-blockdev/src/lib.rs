@@ -1,1 +1,4 @@
-//! ebs-blockdev
+//! ebs-blockdev: an EBS-like block service (`ebsd`) with an NBD export, and the NBD client
+//! the VMM's virtio-blk backend uses to reach volumes. See README.md for what each layer owns.
+
+pub mod control;

@@ -1,0 +1,74 @@
+//! The control plane: volume (and later snapshot) records, their EC2 ids and state
+//! machines, and the validation EC2 applies to each request.
+//!
+//! This layer is storage-free: [`volume::VolumeTable`] decides what a request does to the
+//! records; `crate::service` carries the decision out on the storage engine and persists it.
+
+pub mod ids;
+pub mod volume;
+pub mod volume_type;
+
+pub use volume::{
+    AttachVolumeRequest, AttachmentGrant, CreateVolumeRequest, DescribeVolumesRequest,
+    DetachVolumeRequest, ModifyVolumeRequest, Volume, VolumeAttachment, VolumeModification,
+    VolumeState, VolumeTable,
+};
+pub use volume_type::{RequestedPerformance, VolumePerformance, VolumeType};
+
+/// Errors a control-plane request can end in. `code()` gives EC2's error code, which the
+/// HTTP API returns next to the message.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("{0}")]
+    InvalidParameterValue(String),
+    #[error("{0}")]
+    InvalidParameterCombination(String),
+    #[error("{0}")]
+    MissingParameter(String),
+    #[error("Invalid id: \"{0}\"")]
+    MalformedVolumeId(String),
+    #[error("The volume '{0}' does not exist.")]
+    VolumeNotFound(String),
+    #[error("{0}")]
+    ZoneMismatch(String),
+    #[error("{0}")]
+    IncorrectState(String),
+    #[error("Volume {0} is currently attached and cannot be deleted")]
+    VolumeInUse(String),
+    #[error("{0}")]
+    AttachmentLimitExceeded(String),
+    #[error("{0}")]
+    AttachmentNotFound(String),
+    #[error("The snapshot '{0}' does not exist.")]
+    SnapshotNotFound(String),
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ControlError {
+    /// EC2's error code for this error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ControlError::InvalidParameterValue(_) => "InvalidParameterValue",
+            ControlError::InvalidParameterCombination(_) => "InvalidParameterCombination",
+            ControlError::MissingParameter(_) => "MissingParameter",
+            ControlError::MalformedVolumeId(_) => "InvalidVolumeID.Malformed",
+            ControlError::VolumeNotFound(_) => "InvalidVolume.NotFound",
+            ControlError::ZoneMismatch(_) => "InvalidVolume.ZoneMismatch",
+            ControlError::IncorrectState(_) => "IncorrectState",
+            ControlError::VolumeInUse(_) => "VolumeInUse",
+            ControlError::AttachmentLimitExceeded(_) => "AttachmentLimitExceeded",
+            ControlError::AttachmentNotFound(_) => "InvalidAttachment.NotFound",
+            ControlError::SnapshotNotFound(_) => "InvalidSnapshot.NotFound",
+            ControlError::Unsupported(_) => "UnsupportedOperation",
+            ControlError::Internal(_) => "InternalError",
+        }
+    }
+
+    /// Whether the caller (4xx) or the service (5xx) is at fault.
+    pub fn is_client_error(&self) -> bool {
+        !matches!(self, ControlError::Internal(_))
+    }
+}
