@@ -1,1 +1,11 @@
-//! vmm
+//! `vmm`: one process per guest. Builds a KVM virtual machine from a
+//! [`config::VmConfig`], boots Linux on it and serves a Firecracker-shaped
+//! REST API on a Unix socket.
+
+pub mod api;
+pub mod arch;
+pub mod boot;
+pub mod config;
+pub mod runtime;
+pub mod vcpu;
+pub mod vm;

@@ -1,1 +1,133 @@
-fn main() {}
+//! `vmm` command line. Exit codes: 0 when the guest rebooted or powered off,
+//! 128+N when stopped by signal N, 1 on a vCPU fault or runtime error,
+//! 2 on bad configuration.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use clap::Parser;
+
+use vmm::arch::smbios::SmbiosConfig;
+use vmm::config::{BootSource, MachineConfig, SerialConfig, VmConfig};
+use vmm::runtime::{run, RunOptions, RuntimeError};
+use vmm::vcpu::ExitReason;
+
+#[derive(Parser, Debug)]
+#[command(name = "vmm", version, about = "Boot a Linux guest on KVM, one process per guest")]
+struct Cli {
+    /// Guest kernel: ELF vmlinux (PVH entry when present) or bzImage.
+    #[arg(long, conflicts_with = "config")]
+    kernel: Option<PathBuf>,
+    /// Initial ramdisk.
+    #[arg(long, requires = "kernel")]
+    initrd: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long, requires = "kernel")]
+    cmdline: Option<String>,
+    /// Number of vCPUs (1-32).
+    #[arg(long, default_value_t = 1)]
+    vcpus: u8,
+    /// Guest memory in MiB.
+    #[arg(long = "mem-mib", default_value_t = 128)]
+    mem_mib: u32,
+    /// Write the guest console to FILE instead of stdout.
+    #[arg(long)]
+    serial: Option<PathBuf>,
+    /// SMBIOS system UUID (e.g. ec2xxxxx-... to look like EC2 to cloud-init).
+    #[arg(long)]
+    smbios_uuid: Option<String>,
+    /// SMBIOS system serial number.
+    #[arg(long)]
+    smbios_serial: Option<String>,
+    /// SMBIOS system manufacturer.
+    #[arg(long)]
+    smbios_manufacturer: Option<String>,
+    /// Whole VM configuration as JSON (Firecracker-style).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Serve the REST API on this Unix socket.
+    #[arg(long = "api-sock")]
+    api_sock: Option<PathBuf>,
+    /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
+    #[arg(long, default_value = "info")]
+    log_level: String,
+}
+
+fn config_from_flags(cli: &Cli) -> anyhow::Result<Option<VmConfig>> {
+    if let Some(path) = &cli.config {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        return Ok(Some(VmConfig::from_json(&text)?));
+    }
+    let Some(kernel) = &cli.kernel else {
+        return Ok(None);
+    };
+    let mut smbios = SmbiosConfig {
+        uuid: cli.smbios_uuid.clone(),
+        serial: cli.smbios_serial.clone(),
+        ..Default::default()
+    };
+    if let Some(m) = &cli.smbios_manufacturer {
+        smbios.manufacturer = m.clone();
+    }
+    Ok(Some(VmConfig {
+        boot_source: BootSource {
+            kernel_image_path: kernel.clone(),
+            initrd_path: cli.initrd.clone(),
+            boot_args: cli.cmdline.clone(),
+        },
+        machine_config: MachineConfig {
+            vcpu_count: cli.vcpus,
+            mem_size_mib: cli.mem_mib,
+            smt: false,
+            smbios,
+        },
+        serial: SerialConfig {
+            output_path: cli.serial.clone(),
+        },
+    }))
+}
+
+fn main() -> ExitCode {
+    let start = Instant::now();
+    let cli = Cli::parse();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(&cli.log_level))
+        .format_timestamp_micros()
+        .init();
+    match real_main(cli, start) {
+        Ok(reason) => {
+            match &reason {
+                ExitReason::Fault(msg) => log::error!("VM stopped on a fault: {msg}"),
+                other => log::info!("VM stopped: {other:?}"),
+            }
+            ExitCode::from(reason.exit_code() as u8)
+        }
+        Err(e) => {
+            let code = match e.downcast_ref::<RuntimeError>() {
+                Some(RuntimeError::Config(_)) => 2,
+                Some(RuntimeError::Vm(vmm::vm::VmError::TooManyVcpus { .. })) => 2,
+                _ if e.downcast_ref::<vmm::config::ConfigError>().is_some() => 2,
+                _ => 1,
+            };
+            eprintln!("vmm: error: {e:#}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn real_main(cli: Cli, start: Instant) -> anyhow::Result<ExitReason> {
+    let config = config_from_flags(&cli)?;
+    if let Some(cfg) = &config {
+        cfg.validate()?;
+    } else if cli.api_sock.is_none() {
+        bail!("nothing to run: give --kernel, --config or --api-sock (see --help)");
+    }
+    let reason = run(RunOptions {
+        config,
+        api_sock: cli.api_sock.clone(),
+        start,
+    })?;
+    Ok(reason)
+}

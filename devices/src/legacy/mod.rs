@@ -1,10 +1,12 @@
-//! Legacy PC devices: 8250 UART, i8042, boot timer, CMOS RTC.
+//! Legacy PC devices: 8250 UART, i8042, boot timer, CMOS RTC, ACPI power port.
 
+mod acpi_pm;
 mod boot_timer;
 mod cmos;
 mod i8042;
 mod serial;
 
+pub use acpi_pm::{AcpiPm, PowerEvent};
 pub use boot_timer::{BootTimer, BOOT_TIMER_PORT};
 pub use cmos::Cmos;
 pub use i8042::I8042;

@@ -1,0 +1,318 @@
+//! Building a VM from a validated [`VmConfig`]: KVM objects, guest memory,
+//! legacy devices on the port-I/O bus, firmware tables, the kernel, and the
+//! vCPU threads. This is the one wiring place.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use devices::legacy::{AcpiPm, BootTimer, Cmos, PowerEvent, Serial, I8042, BOOT_TIMER_PORT};
+use devices::{Bus, BusError};
+use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Kvm, VmFd};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::arch::{acpi, cpuid, layout, regs, smbios};
+use crate::boot::{self, BootError, BootSetup, KernelEntry};
+use crate::config::VmConfig;
+use crate::vcpu::{ExitReason, ExitSignal, VcpuContext, VcpuHandle};
+
+pub const COM1_PORT: u64 = 0x3f8;
+pub const COM1_IRQ: u32 = 4;
+pub const I8042_PORT: u64 = 0x60;
+pub const KBD_IRQ: u32 = 1;
+pub const CMOS_PORT: u64 = 0x70;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("cannot open /dev/kvm: {0} (is the kvm module loaded and are you allowed to use it?)")]
+    OpenKvm(kvm_ioctls::Error),
+    #[error("KVM API version {0} is not supported (need 12)")]
+    KvmApiVersion(i32),
+    #[error("machine-config.vcpu_count: {wanted} vCPUs requested but this host's KVM allows at most {max}")]
+    TooManyVcpus { wanted: u8, max: usize },
+    #[error("KVM {op} failed: {source}")]
+    Kvm {
+        op: &'static str,
+        source: kvm_ioctls::Error,
+    },
+    #[error("cannot allocate {mib} MiB of guest memory: {detail}")]
+    Memory { mib: u32, detail: String },
+    #[error("cannot create eventfd: {0}")]
+    EventFd(std::io::Error),
+    #[error("device wiring: {0}")]
+    Bus(#[from] BusError),
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    #[error(transparent)]
+    Acpi(#[from] acpi::AcpiError),
+    #[error(transparent)]
+    Smbios(#[from] smbios::SmbiosError),
+    #[error("vCPU setup: {0}")]
+    Regs(#[from] regs::RegsError),
+    #[error("cannot start vCPU thread: {0}")]
+    Thread(std::io::Error),
+}
+
+fn kvm_err(op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+    move |source| VmError::Kvm { op, source }
+}
+
+/// A built VM, ready to run.
+pub struct Vm {
+    _kvm: Kvm,
+    _vm_fd: VmFd,
+    mem: GuestMemoryMmap,
+    vcpu_fds: Vec<kvm_ioctls::VcpuFd>,
+    vcpus: Vec<VcpuHandle>,
+    pio: Bus,
+    mmio: Bus,
+    pub serial: Arc<Mutex<Serial>>,
+    pub i8042: Arc<Mutex<I8042>>,
+    /// Signalled by the i8042 when the guest pulses the reset line.
+    pub i8042_reset: EventFd,
+    pub exit: Arc<ExitSignal>,
+    stop: Arc<AtomicBool>,
+    pub boot_time_us: Arc<AtomicU64>,
+    pub entry: KernelEntry,
+    pub vcpu_count: u8,
+    pub mem_size_mib: u32,
+}
+
+fn create_guest_memory(mem_mib: u32) -> Result<GuestMemoryMmap, VmError> {
+    let bytes = u64::from(mem_mib) << 20;
+    let ranges: Vec<(GuestAddress, usize)> = layout::ram_ranges(bytes)
+        .into_iter()
+        .map(|(start, len)| (GuestAddress(start), len as usize))
+        .collect();
+    GuestMemoryMmap::from_ranges(&ranges).map_err(|e| VmError::Memory {
+        mib: mem_mib,
+        detail: e.to_string(),
+    })
+}
+
+fn register_memory(vm_fd: &VmFd, mem: &GuestMemoryMmap) -> Result<(), VmError> {
+    for (slot, region) in mem.iter().enumerate() {
+        let host = mem
+            .get_host_address(region.start_addr())
+            .map_err(|e| VmError::Memory {
+                mib: 0,
+                detail: e.to_string(),
+            })?;
+        let region = kvm_userspace_memory_region {
+            slot: slot as u32,
+            guest_phys_addr: region.start_addr().0,
+            memory_size: region.len(),
+            userspace_addr: host as u64,
+            flags: 0,
+        };
+        // SAFETY: the host range is a live mmap owned by `mem`, which the Vm
+        // keeps alive (and never unmaps) for as long as the VM fd exists.
+        unsafe { vm_fd.set_user_memory_region(region) }
+            .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
+    }
+    Ok(())
+}
+
+impl Vm {
+    /// Build the VM described by `cfg`. `serial_out` receives the guest's
+    /// console; `start` is the VMM's start time for the boot timer.
+    pub fn build(
+        cfg: &VmConfig,
+        serial_out: Box<dyn Write + Send>,
+        start: Instant,
+    ) -> Result<Vm, VmError> {
+        let machine = &cfg.machine_config;
+        let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
+        let api = kvm.get_api_version();
+        if api != 12 {
+            return Err(VmError::KvmApiVersion(api));
+        }
+        let max_vcpus = kvm.get_max_vcpus();
+        if usize::from(machine.vcpu_count) > max_vcpus {
+            return Err(VmError::TooManyVcpus {
+                wanted: machine.vcpu_count,
+                max: max_vcpus,
+            });
+        }
+        let vm_fd = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+        vm_fd
+            .set_tss_address(layout::KVM_TSS_ADDR as usize)
+            .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
+        if let Err(e) = vm_fd.set_identity_map_address(layout::KVM_IDENTITY_MAP_ADDR) {
+            // Only needed for real-mode emulation on old Intel CPUs.
+            log::debug!("KVM_SET_IDENTITY_MAP_ADDR not available: {e}");
+        }
+        vm_fd.create_irq_chip().map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        vm_fd.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
+
+        let mem = create_guest_memory(machine.mem_size_mib)?;
+        register_memory(&vm_fd, &mem)?;
+
+        let exit = Arc::new(ExitSignal::new().map_err(VmError::EventFd)?);
+        let pio = Bus::new();
+        let mmio = Bus::new();
+
+        let evt = || EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::EventFd);
+        let com1_irq = evt()?;
+        vm_fd
+            .register_irqfd(&com1_irq, COM1_IRQ)
+            .map_err(kvm_err("KVM_IRQFD (COM1)"))?;
+        let serial = Arc::new(Mutex::new(Serial::new(com1_irq, serial_out)));
+        pio.insert(serial.clone(), COM1_PORT, 8)?;
+
+        let kbd_irq = evt()?;
+        vm_fd
+            .register_irqfd(&kbd_irq, KBD_IRQ)
+            .map_err(kvm_err("KVM_IRQFD (i8042)"))?;
+        let i8042_reset = evt()?;
+        let i8042 = Arc::new(Mutex::new(I8042::new(
+            i8042_reset.try_clone().map_err(VmError::EventFd)?,
+            kbd_irq,
+        )));
+        pio.insert(i8042.clone(), I8042_PORT, 5)?;
+
+        let pm_exit = Arc::clone(&exit);
+        let acpi_pm = AcpiPm::new(
+            acpi::ACPI_RESET_VALUE,
+            acpi::ACPI_S5_SLP_TYP,
+            Box::new(move |e| {
+                pm_exit.request(match e {
+                    PowerEvent::Reset => ExitReason::GuestReset,
+                    PowerEvent::PowerOff => ExitReason::GuestShutdown,
+                })
+            }),
+        );
+        pio.insert(Arc::new(Mutex::new(acpi_pm)), u64::from(acpi::ACPI_PM_PORT), 1)?;
+        pio.insert(Arc::new(Mutex::new(Cmos::new())), CMOS_PORT, 2)?;
+        let boot_timer = BootTimer::new(start);
+        let boot_time_us = boot_timer.reading();
+        pio.insert(Arc::new(Mutex::new(boot_timer)), u64::from(BOOT_TIMER_PORT), 1)?;
+
+        let rsdp = acpi::write_tables(&mem, machine.vcpu_count)?;
+        smbios::write_tables(&mem, &machine.smbios)?;
+        let mem_bytes = u64::from(machine.mem_size_mib) << 20;
+        let entry = boot::load(
+            &mem,
+            &BootSetup {
+                kernel: &cfg.boot_source.kernel_image_path,
+                initrd: cfg.boot_source.initrd_path.as_deref(),
+                cmdline: cfg.boot_source.cmdline(),
+                mem_bytes,
+                rsdp,
+            },
+        )?;
+
+        let supported_cpuid = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+        let supported_msrs: Vec<u32> = kvm
+            .get_msr_index_list()
+            .map_err(kvm_err("KVM_GET_MSR_INDEX_LIST"))?
+            .as_slice()
+            .to_vec();
+        let mut vcpu_fds = Vec::with_capacity(usize::from(machine.vcpu_count));
+        for id in 0..machine.vcpu_count {
+            let vcpu = vm_fd
+                .create_vcpu(u64::from(id))
+                .map_err(kvm_err("KVM_CREATE_VCPU"))?;
+            let cpuid = cpuid::normalise(&supported_cpuid, id, machine.vcpu_count);
+            vcpu.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
+            regs::setup_msrs(&vcpu, &supported_msrs)?;
+            regs::setup_fpu(&vcpu)?;
+            regs::setup_lapic(&vcpu)?;
+            if id == 0 {
+                regs::setup_regs(&vcpu, entry.entry.0, entry.mode)?;
+                regs::setup_sregs(&mem, &vcpu, entry.mode)?;
+            }
+            vcpu_fds.push(vcpu);
+        }
+
+        Ok(Vm {
+            _kvm: kvm,
+            _vm_fd: vm_fd,
+            mem,
+            vcpu_fds,
+            vcpus: Vec::new(),
+            pio,
+            mmio,
+            serial,
+            i8042,
+            i8042_reset,
+            exit,
+            stop: Arc::new(AtomicBool::new(false)),
+            boot_time_us,
+            entry,
+            vcpu_count: machine.vcpu_count,
+            mem_size_mib: machine.mem_size_mib,
+        })
+    }
+
+    /// Guest memory (for tests and devices).
+    pub fn memory(&self) -> &GuestMemoryMmap {
+        &self.mem
+    }
+
+    /// The port-I/O bus (tests put probe devices on it).
+    pub fn pio_bus(&self) -> &Bus {
+        &self.pio
+    }
+
+    pub fn mmio_bus(&self) -> &Bus {
+        &self.mmio
+    }
+
+    /// The VM file descriptor, for wiring irqfds and ioeventfds.
+    pub fn vm_fd(&self) -> &VmFd {
+        &self._vm_fd
+    }
+
+    /// Override the boot CPU's registers before start (hand-written test
+    /// guests use this to enter their own code).
+    pub fn boot_vcpu(&self) -> Option<&kvm_ioctls::VcpuFd> {
+        self.vcpu_fds.first()
+    }
+
+    /// Start every vCPU thread.
+    pub fn start(&mut self) -> Result<(), VmError> {
+        crate::vcpu::install_kick_handler().map_err(VmError::Thread)?;
+        for (id, fd) in self.vcpu_fds.drain(..).enumerate() {
+            let ctx = VcpuContext {
+                pio: self.pio.clone(),
+                mmio: self.mmio.clone(),
+                stop: Arc::clone(&self.stop),
+                exit: Arc::clone(&self.exit),
+            };
+            let handle = VcpuHandle::spawn(id as u8, fd, ctx).map_err(VmError::Thread)?;
+            self.vcpus.push(handle);
+        }
+        log::info!(
+            "started {} vCPU(s), {} MiB",
+            self.vcpus.len(),
+            self.mem_size_mib
+        );
+        Ok(())
+    }
+
+    /// Stop all vCPU threads. Returns false if any did not stop in time.
+    pub fn stop(&mut self) -> bool {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        let mut all = true;
+        for v in &mut self.vcpus {
+            all &= v.stop_and_join(Duration::from_secs(5));
+        }
+        all
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
