@@ -2,3 +2,4 @@
 //! the VMM's virtio-blk backend uses to reach volumes. See README.md for what each layer owns.
 
 pub mod control;
+pub mod engine;
