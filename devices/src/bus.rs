@@ -95,7 +95,9 @@ impl Bus {
     pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
         match self.resolve(addr, data.len()) {
             Some((offset, dev)) => {
-                dev.lock().unwrap_or_else(|e| e.into_inner()).read(offset, data);
+                dev.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .read(offset, data);
                 true
             }
             None => false,
@@ -106,7 +108,9 @@ impl Bus {
     pub fn write(&self, addr: u64, data: &[u8]) -> bool {
         match self.resolve(addr, data.len()) {
             Some((offset, dev)) => {
-                dev.lock().unwrap_or_else(|e| e.into_inner()).write(offset, data);
+                dev.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .write(offset, data);
                 true
             }
             None => false,
@@ -152,7 +156,10 @@ mod tests {
         bus.insert(b.clone(), 0x400, 0x10).unwrap();
         assert!(bus.write(0x3fa, &[7]));
         assert!(bus.write(0x40f, &[9]));
-        assert!(!bus.write(0x400 + 0x10, &[1]), "one past the end is unclaimed");
+        assert!(
+            !bus.write(0x400 + 0x10, &[1]),
+            "one past the end is unclaimed"
+        );
         assert!(!bus.write(0x3f7, &[1]));
         assert_eq!(a.lock().unwrap().writes, vec![(2, vec![7])]);
         assert_eq!(b.lock().unwrap().writes, vec![(0xf, vec![9])]);
@@ -168,7 +175,10 @@ mod tests {
         bus.insert(d(), 0x100, 0x10).unwrap();
         assert_eq!(
             bus.insert(d(), 0x10f, 1),
-            Err(BusError::Overlap { base: 0x10f, len: 1 })
+            Err(BusError::Overlap {
+                base: 0x10f,
+                len: 1
+            })
         );
         assert_eq!(
             bus.insert(d(), 0xf8, 0x9),
@@ -176,7 +186,10 @@ mod tests {
         );
         assert!(bus.insert(d(), 0xf8, 0x8).is_ok());
         assert!(bus.insert(d(), 0x110, 0x8).is_ok());
-        assert_eq!(bus.insert(d(), 0x0, 0), Err(BusError::InvalidRange { base: 0 }));
+        assert_eq!(
+            bus.insert(d(), 0x0, 0),
+            Err(BusError::InvalidRange { base: 0 })
+        );
         assert_eq!(
             bus.insert(d(), u64::MAX, 2),
             Err(BusError::InvalidRange { base: u64::MAX })

@@ -124,12 +124,13 @@ fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, BootE
         source,
     })?;
     if kernel_format_is_elf(&mut file, path)? {
-        let res = Elf::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START))).map_err(
-            |e| BootError::BadElf {
-                path: path.to_path_buf(),
-                detail: e.to_string(),
-            },
-        )?;
+        let res =
+            Elf::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START))).map_err(|e| {
+                BootError::BadElf {
+                    path: path.to_path_buf(),
+                    detail: e.to_string(),
+                }
+            })?;
         let entry = match res.pvh_boot_cap {
             PvhBootCapability::PvhEntryPresent(addr) => KernelEntry {
                 entry: addr,
@@ -152,8 +153,8 @@ fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, BootE
             setup_header: None,
         });
     }
-    let res = BzImage::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START))).map_err(|e| {
-        match e {
+    let res = BzImage::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START))).map_err(
+        |e| match e {
             linux_loader::loader::Error::Bzimage(
                 linux_loader::loader::bzimage::Error::InvalidBzImage,
             ) => BootError::UnknownKernelFormat {
@@ -163,8 +164,8 @@ fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, BootE
                 path: path.to_path_buf(),
                 detail: other.to_string(),
             },
-        }
-    })?;
+        },
+    )?;
     // The 64-bit entry point of a bzImage sits 0x200 bytes into the
     // protected-mode code.
     let entry = KernelEntry {
@@ -374,7 +375,10 @@ mod tests {
         assert_eq!(map[1].2, 2);
         assert_eq!(map[2], (HIMEM_START, (256 << 20) - HIMEM_START, 1));
         let big = e820_map(5 << 30);
-        assert_eq!(big.last(), Some(&(FOUR_GIB, (5u64 << 30) - MMIO_HOLE_START, 1)));
+        assert_eq!(
+            big.last(),
+            Some(&(FOUR_GIB, (5u64 << 30) - MMIO_HOLE_START, 1))
+        );
     }
 
     #[test]
@@ -386,14 +390,19 @@ mod tests {
             .write_all(&[0x55u8; 8192])
             .unwrap();
         let err = load_kernel(&mem(32 << 20), &path).err().unwrap();
-        assert!(matches!(err, BootError::UnknownKernelFormat { .. }), "{err}");
+        assert!(
+            matches!(err, BootError::UnknownKernelFormat { .. }),
+            "{err}"
+        );
         let bad_elf = dir.join("bad-elf");
         let mut f = std::fs::File::create(&bad_elf).unwrap();
         f.write_all(b"\x7fELF\x02\x01\x01").unwrap();
         f.write_all(&[0u8; 100]).unwrap();
         let err = load_kernel(&mem(32 << 20), &bad_elf).err().unwrap();
         assert!(matches!(err, BootError::BadElf { .. }), "{err}");
-        let missing = load_kernel(&mem(32 << 20), &dir.join("nope")).err().unwrap();
+        let missing = load_kernel(&mem(32 << 20), &dir.join("nope"))
+            .err()
+            .unwrap();
         assert!(matches!(missing, BootError::OpenKernel { .. }));
     }
 
@@ -407,7 +416,9 @@ mod tests {
         assert_eq!(loc.addr.raw_value() & 0xfff, 0);
         assert!(loc.addr.raw_value() + loc.size <= 16 << 20);
         assert!(loc.addr.raw_value() > (15 << 20));
-        let err = load_initrd(&m, &path, (16 << 20) - 4096, 16 << 20).err().unwrap();
+        let err = load_initrd(&m, &path, (16 << 20) - 4096, 16 << 20)
+            .err()
+            .unwrap();
         assert!(matches!(err, BootError::InitrdTooLarge { .. }));
     }
 

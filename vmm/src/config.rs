@@ -77,7 +77,10 @@ impl MachineConfig {
         if self.mem_size_mib > MAX_MEM_MIB {
             return Err(ConfigError::new(
                 "mem_size_mib",
-                format!("must be at most {MAX_MEM_MIB} MiB, got {}", self.mem_size_mib),
+                format!(
+                    "must be at most {MAX_MEM_MIB} MiB, got {}",
+                    self.mem_size_mib
+                ),
             ));
         }
         if self.smt {
@@ -241,7 +244,8 @@ mod tests {
         let e = VmConfig::from_json(r#"{"boot-source": {"kernel_image_path": "/x"}, "machine-config": {"vcpu_count": "two", "mem_size_mib": 64}}"#)
             .unwrap_err();
         assert_eq!(e.field, "machine-config.vcpu_count");
-        let e = VmConfig::from_json(r#"{"boot-source": {"kernel_image_path": "/x", "bogus": 1}}"#).unwrap_err();
+        let e = VmConfig::from_json(r#"{"boot-source": {"kernel_image_path": "/x", "bogus": 1}}"#)
+            .unwrap_err();
         assert_eq!(e.field, "boot-source.bogus");
         let cfg = VmConfig::from_json(
             r#"{"boot-source": {"kernel_image_path": "/nonexistent/vmlinux"},

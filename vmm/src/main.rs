@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::Parser;
 
 use vmm::arch::smbios::SmbiosConfig;
@@ -15,7 +15,11 @@ use vmm::runtime::{run, RunOptions, RuntimeError};
 use vmm::vcpu::ExitReason;
 
 #[derive(Parser, Debug)]
-#[command(name = "vmm", version, about = "Boot a Linux guest on KVM, one process per guest")]
+#[command(
+    name = "vmm",
+    version,
+    about = "Boot a Linux guest on KVM, one process per guest"
+)]
 struct Cli {
     /// Guest kernel: ELF vmlinux (PVH entry when present) or bzImage.
     #[arg(long, conflicts_with = "config")]
@@ -122,7 +126,11 @@ fn real_main(cli: Cli, start: Instant) -> anyhow::Result<ExitReason> {
     if let Some(cfg) = &config {
         cfg.validate()?;
     } else if cli.api_sock.is_none() {
-        bail!("nothing to run: give --kernel, --config or --api-sock (see --help)");
+        return Err(vmm::config::ConfigError::new(
+            "arguments",
+            "nothing to run: give --kernel, --config or --api-sock (see --help)",
+        )
+        .into());
     }
     let reason = run(RunOptions {
         config,

@@ -79,7 +79,13 @@ fn read_signal(fd: &OwnedFd) -> Option<i32> {
     let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
     let size = std::mem::size_of::<libc::signalfd_siginfo>();
     // SAFETY: reading at most `size` bytes into a buffer of that size.
-    let n = unsafe { libc::read(fd.as_raw_fd(), &mut info as *mut _ as *mut libc::c_void, size) };
+    let n = unsafe {
+        libc::read(
+            fd.as_raw_fd(),
+            &mut info as *mut _ as *mut libc::c_void,
+            size,
+        )
+    };
     (n as usize == size).then_some(info.ssi_signo as i32)
 }
 
@@ -116,10 +122,12 @@ struct Controller {
 
 impl Controller {
     fn config(&self) -> Result<VmConfig, ConfigError> {
-        let boot = self
-            .boot
-            .clone()
-            .ok_or_else(|| ConfigError::new("boot-source", "no boot source was configured (PUT /boot-source)"))?;
+        let boot = self.boot.clone().ok_or_else(|| {
+            ConfigError::new(
+                "boot-source",
+                "no boot source was configured (PUT /boot-source)",
+            )
+        })?;
         let cfg = VmConfig {
             boot_source: boot,
             machine_config: self.machine.clone(),
@@ -151,7 +159,11 @@ impl Controller {
     }
 
     fn info(&self) -> serde_json::Value {
-        let state = if self.vm.is_some() { "Running" } else { "Not started" };
+        let state = if self.vm.is_some() {
+            "Running"
+        } else {
+            "Not started"
+        };
         json!({
             "app_name": "vmm",
             "id": "vmm",
@@ -201,12 +213,17 @@ impl Controller {
             }
             ApiRequest::Action(ActionType::InstanceStart) => match self.start_vm() {
                 Ok(()) => ApiResponse::no_content(),
-                Err(RuntimeError::Config(e)) => ApiResponse::error(400, e.to_string(), Some(&e.field)),
+                Err(RuntimeError::Config(e)) => {
+                    ApiResponse::error(400, e.to_string(), Some(&e.field))
+                }
                 Err(e) => ApiResponse::error(400, format!("cannot start the instance: {e}"), None),
             },
             ApiRequest::Action(ActionType::SendCtrlAltDel) => match &self.vm {
                 Some(vm) => {
-                    vm.i8042.lock().unwrap_or_else(|e| e.into_inner()).send_ctrl_alt_del();
+                    vm.i8042
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .send_ctrl_alt_del();
                     ApiResponse::no_content()
                 }
                 None => ApiResponse::error(400, "the instance is not running", None),
@@ -246,12 +263,13 @@ pub fn run(opts: RunOptions) -> Result<ExitReason, RuntimeError> {
     let api_wake = EventFd::new(libc::EFD_NONBLOCK)?;
     let _api = match &opts.api_sock {
         Some(path) => {
-            let server = ApiServer::spawn(path, api_tx, api_wake.try_clone()?).map_err(|source| {
-                RuntimeError::ApiSocket {
-                    path: path.clone(),
-                    source,
-                }
-            })?;
+            let server =
+                ApiServer::spawn(path, api_tx, api_wake.try_clone()?).map_err(|source| {
+                    RuntimeError::ApiSocket {
+                        path: path.clone(),
+                        source,
+                    }
+                })?;
             add(api_wake.as_raw_fd(), TOKEN_API)?;
             log::info!("API listening on {}", path.display());
             Some(server)
@@ -289,7 +307,11 @@ pub fn run(opts: RunOptions) -> Result<ExitReason, RuntimeError> {
         };
         if !pending_input.is_empty() {
             if let Some(vm) = &ctl.vm {
-                let taken = vm.serial.lock().unwrap_or_else(|e| e.into_inner()).enqueue_input(&pending_input);
+                let taken = vm
+                    .serial
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .enqueue_input(&pending_input);
                 pending_input.drain(..taken);
             }
         }
@@ -308,14 +330,10 @@ pub fn run(opts: RunOptions) -> Result<ExitReason, RuntimeError> {
                         let _ = msg.reply.send(response);
                     }
                 }
-                TOKEN_EXIT => {
-                    if let Some(reason) = ctl.vm.as_ref().and_then(|vm| vm.exit.reason()) {
+                TOKEN_EXIT | TOKEN_RESET => {
+                    if let Some(reason) = ctl.vm.as_ref().and_then(|vm| vm.exit_reason()) {
                         break 'outer reason;
                     }
-                }
-                TOKEN_RESET => {
-                    log::info!("guest requested a reset through the i8042");
-                    break 'outer ExitReason::GuestReset;
                 }
                 TOKEN_STDIN => {
                     let mut buf = [0u8; 256];

@@ -3,20 +3,23 @@
 //! vCPU threads. This is the one wiring place.
 
 use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use devices::legacy::{AcpiPm, BootTimer, Cmos, PowerEvent, Serial, I8042, BOOT_TIMER_PORT};
+use devices::legacy::{AcpiPm, BootTimer, Cmos, PowerEvent, Serial, BOOT_TIMER_PORT, I8042};
 use devices::{Bus, BusError};
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{
+    kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+};
 use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::arch::{acpi, cpuid, layout, regs, smbios};
 use crate::boot::{self, BootError, BootSetup, KernelEntry};
-use crate::config::VmConfig;
+use crate::config::{BootSource, MachineConfig, VmConfig};
 use crate::vcpu::{ExitReason, ExitSignal, VcpuContext, VcpuHandle};
 
 pub const COM1_PORT: u64 = 0x3f8;
@@ -52,6 +55,8 @@ pub enum VmError {
     Smbios(#[from] smbios::SmbiosError),
     #[error("vCPU setup: {0}")]
     Regs(#[from] regs::RegsError),
+    #[error("the vCPUs are already running")]
+    AlreadyStarted,
     #[error("cannot start vCPU thread: {0}")]
     Thread(std::io::Error),
 }
@@ -76,7 +81,9 @@ pub struct Vm {
     pub exit: Arc<ExitSignal>,
     stop: Arc<AtomicBool>,
     pub boot_time_us: Arc<AtomicU64>,
-    pub entry: KernelEntry,
+    rsdp: GuestAddress,
+    /// Where the boot vCPU enters the kernel, once one is loaded.
+    pub entry: Option<KernelEntry>,
     pub vcpu_count: u8,
     pub mem_size_mib: u32,
 }
@@ -117,14 +124,26 @@ fn register_memory(vm_fd: &VmFd, mem: &GuestMemoryMmap) -> Result<(), VmError> {
 }
 
 impl Vm {
-    /// Build the VM described by `cfg`. `serial_out` receives the guest's
-    /// console; `start` is the VMM's start time for the boot timer.
+    /// Build the VM described by `cfg` with its kernel loaded. `serial_out`
+    /// receives the guest's console; `start` is the VMM's start time for the
+    /// boot timer.
     pub fn build(
         cfg: &VmConfig,
         serial_out: Box<dyn Write + Send>,
         start: Instant,
     ) -> Result<Vm, VmError> {
-        let machine = &cfg.machine_config;
+        let mut vm = Vm::new(&cfg.machine_config, serial_out, start)?;
+        vm.load_kernel(&cfg.boot_source)?;
+        Ok(vm)
+    }
+
+    /// Create the machine (KVM VM, memory, devices, firmware tables, vCPUs)
+    /// without a kernel. Hand-written test guests start from here.
+    pub fn new(
+        machine: &MachineConfig,
+        serial_out: Box<dyn Write + Send>,
+        start: Instant,
+    ) -> Result<Vm, VmError> {
         let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
         let api = kvm.get_api_version();
         if api != 12 {
@@ -145,7 +164,9 @@ impl Vm {
             // Only needed for real-mode emulation on old Intel CPUs.
             log::debug!("KVM_SET_IDENTITY_MAP_ADDR not available: {e}");
         }
-        vm_fd.create_irq_chip().map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+        vm_fd
+            .create_irq_chip()
+            .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
         let pit = kvm_pit_config {
             flags: KVM_PIT_SPEAKER_DUMMY,
             ..Default::default()
@@ -189,25 +210,22 @@ impl Vm {
                 })
             }),
         );
-        pio.insert(Arc::new(Mutex::new(acpi_pm)), u64::from(acpi::ACPI_PM_PORT), 1)?;
+        pio.insert(
+            Arc::new(Mutex::new(acpi_pm)),
+            u64::from(acpi::ACPI_PM_PORT),
+            1,
+        )?;
         pio.insert(Arc::new(Mutex::new(Cmos::new())), CMOS_PORT, 2)?;
         let boot_timer = BootTimer::new(start);
         let boot_time_us = boot_timer.reading();
-        pio.insert(Arc::new(Mutex::new(boot_timer)), u64::from(BOOT_TIMER_PORT), 1)?;
+        pio.insert(
+            Arc::new(Mutex::new(boot_timer)),
+            u64::from(BOOT_TIMER_PORT),
+            1,
+        )?;
 
         let rsdp = acpi::write_tables(&mem, machine.vcpu_count)?;
         smbios::write_tables(&mem, &machine.smbios)?;
-        let mem_bytes = u64::from(machine.mem_size_mib) << 20;
-        let entry = boot::load(
-            &mem,
-            &BootSetup {
-                kernel: &cfg.boot_source.kernel_image_path,
-                initrd: cfg.boot_source.initrd_path.as_deref(),
-                cmdline: cfg.boot_source.cmdline(),
-                mem_bytes,
-                rsdp,
-            },
-        )?;
 
         let supported_cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
@@ -226,11 +244,7 @@ impl Vm {
             vcpu.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
             regs::setup_msrs(&vcpu, &supported_msrs)?;
             regs::setup_fpu(&vcpu)?;
-            regs::setup_lapic(&vcpu)?;
-            if id == 0 {
-                regs::setup_regs(&vcpu, entry.entry.0, entry.mode)?;
-                regs::setup_sregs(&mem, &vcpu, entry.mode)?;
-            }
+            regs::setup_lapic(&vcpu, id == 0)?;
             vcpu_fds.push(vcpu);
         }
 
@@ -248,10 +262,32 @@ impl Vm {
             exit,
             stop: Arc::new(AtomicBool::new(false)),
             boot_time_us,
-            entry,
+            rsdp,
+            entry: None,
             vcpu_count: machine.vcpu_count,
             mem_size_mib: machine.mem_size_mib,
         })
+    }
+
+    /// Load the kernel, initrd and command line and point the boot vCPU at
+    /// the kernel's entry.
+    pub fn load_kernel(&mut self, boot_source: &BootSource) -> Result<(), VmError> {
+        let mem_bytes = u64::from(self.mem_size_mib) << 20;
+        let entry = boot::load(
+            &self.mem,
+            &BootSetup {
+                kernel: &boot_source.kernel_image_path,
+                initrd: boot_source.initrd_path.as_deref(),
+                cmdline: boot_source.cmdline(),
+                mem_bytes,
+                rsdp: self.rsdp,
+            },
+        )?;
+        let bsp = self.vcpu_fds.first().ok_or(VmError::AlreadyStarted)?;
+        regs::setup_regs(bsp, entry.entry.0, entry.mode)?;
+        regs::setup_sregs(&self.mem, bsp, entry.mode)?;
+        self.entry = Some(entry);
+        Ok(())
     }
 
     /// Guest memory (for tests and devices).
@@ -298,6 +334,45 @@ impl Vm {
             self.mem_size_mib
         );
         Ok(())
+    }
+
+    /// Why the guest stopped, if it has (i8042 reset line or a vCPU/device
+    /// exit request).
+    pub fn exit_reason(&self) -> Option<ExitReason> {
+        if self.i8042_reset.read().is_ok() {
+            // Keep it visible to later callers, as the exit signal does.
+            self.exit.request(ExitReason::GuestReset);
+        }
+        self.exit.reason()
+    }
+
+    /// Block until the guest stops or `timeout` passes.
+    pub fn wait_for_exit(&self, timeout: Duration) -> Option<ExitReason> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(r) = self.exit_reason() {
+                return Some(r);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            let mut fds = [
+                libc::pollfd {
+                    fd: self.exit.evt.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: self.i8042_reset.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            let ms = left.as_millis().min(i32::MAX as u128) as i32;
+            // SAFETY: `fds` is a valid array of two pollfd for the call.
+            unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) };
+        }
     }
 
     /// Stop all vCPU threads. Returns false if any did not stop in time.

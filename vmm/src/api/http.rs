@@ -85,7 +85,8 @@ impl<R: Read> RequestReader<R> {
         let mut lines = head.split("\r\n");
         let request_line = lines.next().ok_or(HttpError::Malformed("empty request"))?;
         let mut parts = request_line.split(' ');
-        let (method, path, version) = match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        let (method, path, version) = match (parts.next(), parts.next(), parts.next(), parts.next())
+        {
             (Some(m), Some(p), Some(v), None) => (m, p, v),
             _ => return Err(HttpError::Malformed("bad request line")),
         };
@@ -199,7 +200,10 @@ mod tests {
         let raw = b"PUT /machine-config HTTP/1.1\r\nContent-Length: 5\r\n\r\nhelloGET / HTTP/1.1\r\nConnection: close\r\n\r\n".to_vec();
         let mut r = RequestReader::new(Trickle(raw, 0));
         let a = r.next_request().unwrap();
-        assert_eq!((a.method.as_str(), a.path.as_str(), a.body.as_slice()), ("PUT", "/machine-config", &b"hello"[..]));
+        assert_eq!(
+            (a.method.as_str(), a.path.as_str(), a.body.as_slice()),
+            ("PUT", "/machine-config", &b"hello"[..])
+        );
         assert!(a.keep_alive);
         let b = r.next_request().unwrap();
         assert_eq!(b.path, "/");
@@ -211,8 +215,14 @@ mod tests {
     fn rejects_bad_and_oversized_requests() {
         let bad = |raw: &[u8]| RequestReader::new(raw).next_request().unwrap_err();
         assert!(matches!(bad(b"GARBAGE\r\n\r\n"), HttpError::Malformed(_)));
-        assert!(matches!(bad(b"GET x HTTP/1.1\r\n\r\n"), HttpError::Malformed(_)));
-        assert!(matches!(bad(b"GET / HTTP/2\r\n\r\n"), HttpError::Malformed(_)));
+        assert!(matches!(
+            bad(b"GET x HTTP/1.1\r\n\r\n"),
+            HttpError::Malformed(_)
+        ));
+        assert!(matches!(
+            bad(b"GET / HTTP/2\r\n\r\n"),
+            HttpError::Malformed(_)
+        ));
         assert!(matches!(
             bad(b"PUT / HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n"),
             HttpError::BodyTooLarge(_)

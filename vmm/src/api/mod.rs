@@ -79,7 +79,11 @@ pub struct ApiMessage {
 /// Turn an HTTP request into an API request, or the error to answer with.
 pub fn route(req: &Request) -> Result<ApiRequest, ApiResponse> {
     let path = req.path.split('?').next().unwrap_or("");
-    let path = if path.len() > 1 { path.trim_end_matches('/') } else { path };
+    let path = if path.len() > 1 {
+        path.trim_end_matches('/')
+    } else {
+        path
+    };
     let method = req.method.as_str();
     let not_allowed = || {
         ApiResponse::error(
@@ -101,23 +105,38 @@ pub fn route(req: &Request) -> Result<ApiRequest, ApiResponse> {
         },
         "/boot-source" => match method {
             "GET" => Ok(ApiRequest::GetBootSource),
-            "PUT" => parse_body::<BootSource>(&req.body, "boot-source").map(ApiRequest::PutBootSource),
+            "PUT" => {
+                parse_body::<BootSource>(&req.body, "boot-source").map(ApiRequest::PutBootSource)
+            }
             _ => Err(not_allowed()),
         },
         "/actions" => match method {
-            "PUT" => parse_body::<ActionBody>(&req.body, "actions").map(|b| ApiRequest::Action(b.action_type)),
+            "PUT" => parse_body::<ActionBody>(&req.body, "actions")
+                .map(|b| ApiRequest::Action(b.action_type)),
             _ => Err(not_allowed()),
         },
-        _ => Err(ApiResponse::error(404, format!("no resource at {path}"), None)),
+        _ => Err(ApiResponse::error(
+            404,
+            format!("no resource at {path}"),
+            None,
+        )),
     }
 }
 
 fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T, ApiResponse> {
     if body.is_empty() {
-        return Err(ApiResponse::error(400, format!("{what}: request body is empty"), None));
+        return Err(ApiResponse::error(
+            400,
+            format!("{what}: request body is empty"),
+            None,
+        ));
     }
     from_json_slice(body, what).map_err(|err| {
-        ApiResponse::error(400, format!("{}: {}", err.field, err.reason), Some(&err.field))
+        ApiResponse::error(
+            400,
+            format!("{}: {}", err.field, err.reason),
+            Some(&err.field),
+        )
     })
 }
 
@@ -165,12 +184,13 @@ impl ApiServer {
                         }
                     };
                     let active = Arc::clone(&active);
-                    let spawned = std::thread::Builder::new()
-                        .name("api-conn".into())
-                        .spawn(move || {
-                            serve_connection(stream, &to_vmm, &wake);
-                            active.fetch_sub(1, Ordering::AcqRel);
-                        });
+                    let spawned =
+                        std::thread::Builder::new()
+                            .name("api-conn".into())
+                            .spawn(move || {
+                                serve_connection(stream, &to_vmm, &wake);
+                                active.fetch_sub(1, Ordering::AcqRel);
+                            });
                     if let Err(e) = spawned {
                         log::error!("api: cannot spawn connection thread: {e}");
                     }
@@ -222,7 +242,8 @@ fn serve_connection(stream: UnixStream, to_vmm: &mpsc::Sender<ApiMessage>, wake:
         } else {
             response.body.to_string().into_bytes()
         };
-        if write_response(&mut out, response.status, &body, req.keep_alive).is_err() || !req.keep_alive
+        if write_response(&mut out, response.status, &body, req.keep_alive).is_err()
+            || !req.keep_alive
         {
             return;
         }
@@ -258,11 +279,22 @@ mod tests {
     fn routes_and_decodes() {
         assert_eq!(route(&req("GET", "/", "")).unwrap(), ApiRequest::GetInfo);
         assert_eq!(
-            route(&req("PUT", "/actions", r#"{"action_type":"InstanceStart"}"#)).unwrap(),
+            route(&req(
+                "PUT",
+                "/actions",
+                r#"{"action_type":"InstanceStart"}"#
+            ))
+            .unwrap(),
             ApiRequest::Action(ActionType::InstanceStart)
         );
-        match route(&req("PUT", "/machine-config/", r#"{"vcpu_count":2,"mem_size_mib":256}"#)) {
-            Ok(ApiRequest::PutMachineConfig(m)) => assert_eq!((m.vcpu_count, m.mem_size_mib), (2, 256)),
+        match route(&req(
+            "PUT",
+            "/machine-config/",
+            r#"{"vcpu_count":2,"mem_size_mib":256}"#,
+        )) {
+            Ok(ApiRequest::PutMachineConfig(m)) => {
+                assert_eq!((m.vcpu_count, m.mem_size_mib), (2, 256))
+            }
             other => panic!("{other:?}"),
         }
     }
@@ -273,16 +305,32 @@ mod tests {
         assert_eq!(e.status, 405);
         let e = route(&req("GET", "/nope", "")).unwrap_err();
         assert_eq!(e.status, 404);
-        let e = route(&req("PUT", "/machine-config", r#"{"vcpu_count":2,"mem_size_mib":256,"turbo":true}"#)).unwrap_err();
+        let e = route(&req(
+            "PUT",
+            "/machine-config",
+            r#"{"vcpu_count":2,"mem_size_mib":256,"turbo":true}"#,
+        ))
+        .unwrap_err();
         assert_eq!(e.status, 400);
         assert_eq!(e.body["field"], "turbo");
-        let e = route(&req("PUT", "/machine-config", r#"{"vcpu_count":"two","mem_size_mib":256}"#)).unwrap_err();
+        let e = route(&req(
+            "PUT",
+            "/machine-config",
+            r#"{"vcpu_count":"two","mem_size_mib":256}"#,
+        ))
+        .unwrap_err();
         assert_eq!(e.status, 400);
-        assert!(e.body["fault_message"].as_str().unwrap().contains("invalid type"));
+        assert!(e.body["fault_message"]
+            .as_str()
+            .unwrap()
+            .contains("invalid type"));
         assert_eq!(e.body["field"], "vcpu_count");
         let e = route(&req("PUT", "/actions", r#"{"action_type":"Explode"}"#)).unwrap_err();
         assert_eq!(e.status, 400);
-        assert!(e.body["fault_message"].as_str().unwrap().contains("Explode"));
+        assert!(e.body["fault_message"]
+            .as_str()
+            .unwrap()
+            .contains("Explode"));
         let e = route(&req("PUT", "/boot-source", "")).unwrap_err();
         assert_eq!(e.status, 400);
     }

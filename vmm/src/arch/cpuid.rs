@@ -216,9 +216,6 @@ mod tests {
 
     #[test]
     fn bits_for_counts() {
-        assert_eq!(
-            [1, 2, 3, 4, 5, 32].map(bits_for),
-            [0, 1, 2, 2, 3, 5]
-        );
+        assert_eq!([1, 2, 3, 4, 5, 32].map(bits_for), [0, 1, 2, 2, 3, 5]);
     }
 }

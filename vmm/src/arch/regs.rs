@@ -212,13 +212,21 @@ fn set_delivery_mode(reg: u32, mode: u32) -> u32 {
     (reg & !0x700) | (mode << 8)
 }
 
-/// LINT0 delivers the PIC's ExtINT, LINT1 NMIs: the wiring the kernel
-/// expects of a PC's boot CPU.
-pub fn setup_lapic(vcpu: &VcpuFd) -> Result<(), RegsError> {
+const APIC_LVT_MASKED: u32 = 1 << 16;
+
+/// Virtual-wire mode, as a PC BIOS leaves it: on the boot CPU LINT0 delivers
+/// the PIC's ExtINT and LINT1 NMIs, both unmasked; other CPUs keep LINT0
+/// masked so that PIC interrupts reach only the boot CPU.
+pub fn setup_lapic(vcpu: &VcpuFd, bsp: bool) -> Result<(), RegsError> {
     let mut lapic = vcpu.get_lapic().map_err(kvm("KVM_GET_LAPIC"))?;
     for (offset, mode) in [(APIC_LVT0, APIC_MODE_EXTINT), (APIC_LVT1, APIC_MODE_NMI)] {
         let bytes: [u8; 4] = std::array::from_fn(|i| lapic.regs[offset + i] as u8);
-        let value = set_delivery_mode(u32::from_le_bytes(bytes), mode);
+        let mut value = set_delivery_mode(u32::from_le_bytes(bytes), mode);
+        if bsp || offset == APIC_LVT1 {
+            value &= !APIC_LVT_MASKED;
+        } else {
+            value |= APIC_LVT_MASKED;
+        }
         for (i, b) in value.to_le_bytes().iter().enumerate() {
             lapic.regs[offset + i] = *b as _;
         }
@@ -246,7 +254,9 @@ mod tests {
         let pml4: u64 = mem.read_obj(GuestAddress(PML4_START)).unwrap();
         assert_eq!(pml4, PDPTE_START | 3);
         // The last 2 MiB page below 4 GiB maps itself.
-        let last: u64 = mem.read_obj(GuestAddress(PDE_START + 3 * 0x1000 + 511 * 8)).unwrap();
+        let last: u64 = mem
+            .read_obj(GuestAddress(PDE_START + 3 * 0x1000 + 511 * 8))
+            .unwrap();
         assert_eq!(last & !0xfff, FOUR_GIB - (2 << 20));
     }
 
@@ -264,7 +274,10 @@ mod tests {
 
     #[test]
     fn entry_registers_carry_the_boot_structure() {
-        assert_eq!(boot_regs(0x100_0200, EntryMode::LongMode).rsi, ZERO_PAGE_START);
+        assert_eq!(
+            boot_regs(0x100_0200, EntryMode::LongMode).rsi,
+            ZERO_PAGE_START
+        );
         assert_eq!(boot_regs(0x100_0000, EntryMode::Pvh).rbx, PVH_INFO_START);
         assert_eq!(set_delivery_mode(0x0001_0700, APIC_MODE_NMI), 0x0001_0400);
     }

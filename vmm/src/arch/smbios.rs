@@ -62,7 +62,8 @@ pub fn parse_uuid(text: &str) -> Result<[u8; 16], SmbiosError> {
     let hex: String = groups.concat();
     let mut out = [0u8; 16];
     for (i, b) in out.iter_mut().enumerate() {
-        *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2).ok_or_else(bad)?, 16).map_err(|_| bad())?;
+        *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2).ok_or_else(bad)?, 16)
+            .map_err(|_| bad())?;
     }
     Ok(out)
 }
@@ -202,7 +203,10 @@ mod tests {
         mem.read_slice(&mut ep, GuestAddress(SMBIOS_START)).unwrap();
         assert_eq!(&ep[0..4], b"_SM_");
         assert_eq!(ep.iter().fold(0u8, |a, b| a.wrapping_add(*b)), 0);
-        assert_eq!(ep[0x10..0x1f].iter().fold(0u8, |a, b| a.wrapping_add(*b)), 0);
+        assert_eq!(
+            ep[0x10..0x1f].iter().fold(0u8, |a, b| a.wrapping_add(*b)),
+            0
+        );
         let len = u16::from_le_bytes([ep[0x16], ep[0x17]]) as usize;
         let addr = u32::from_le_bytes(ep[0x18..0x1c].try_into().unwrap()) as u64;
         let mut t = vec![0u8; len];
