@@ -1,0 +1,236 @@
+//! The in-VMM responder against a real Linux TCP stack: a tap device moved into a network
+//! namespace plays the guest (169.254.169.254 routed to it), this test plays the VMM's
+//! virtio-net loop (frames from the tap go to `handle_frame`, `poll_tx` frames go back),
+//! and curl inside the namespace is the client. Needs root (tap + netns).
+
+mod common;
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use common::*;
+use imds::{ImdsResponder, ResponderConfig};
+
+const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+const GUEST_ADDRESS: &str = "172.31.16.10/20";
+const HOP_LIMIT: u8 = 3;
+
+/// `struct ifreq` as TUNSETIFF reads it: name, then flags, padded to 40 bytes.
+#[repr(C)]
+struct InterfaceRequest {
+    name: [u8; libc::IFNAMSIZ],
+    flags: libc::c_short,
+    _padding: [u8; 22],
+}
+
+fn open_tap(name: &str) -> File {
+    let path = c"/dev/net/tun";
+    // SAFETY: a valid NUL-terminated path; the returned fd is checked before use.
+    let fd = unsafe {
+        libc::open(
+            path.as_ptr(),
+            libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC,
+        )
+    };
+    assert!(
+        fd >= 0,
+        "open /dev/net/tun: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: fd was just opened by us and nothing else owns it.
+    let tap = unsafe { File::from_raw_fd(fd) };
+    let mut request = InterfaceRequest {
+        name: [0; libc::IFNAMSIZ],
+        flags: (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short,
+        _padding: [0; 22],
+    };
+    request.name[..name.len()].copy_from_slice(name.as_bytes());
+    // SAFETY: TUNSETIFF reads a struct ifreq; InterfaceRequest has its layout and size
+    // and lives on our stack for the duration of the call.
+    let result = unsafe { libc::ioctl(tap.as_raw_fd(), TUNSETIFF as _, &mut request) };
+    assert!(
+        result == 0,
+        "TUNSETIFF {name}: {}",
+        std::io::Error::last_os_error()
+    );
+    tap
+}
+
+fn ip(args: &[&str]) {
+    run_ok(Command::new(system_tool("ip")).args(args));
+}
+
+/// Deletes the namespace (and the tap inside it) however the test ends.
+struct Namespace(String);
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+struct VmmLoop {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    /// Every frame the responder sent to the guest.
+    sent: Arc<Mutex<Vec<Vec<u8>>>>,
+}
+
+impl Drop for VmmLoop {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The loop a VMM's virtio-net device would run around the responder.
+fn start_vmm_loop(mut tap: File, mut responder: ImdsResponder) -> VmmLoop {
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(Mutex::new(Vec::new()));
+    let (stop_flag, sent_log) = (Arc::clone(&stop), Arc::clone(&sent));
+    let thread = std::thread::spawn(move || {
+        let mut frame = vec![0u8; 65536];
+        while !stop_flag.load(Ordering::SeqCst) {
+            let now = Instant::now();
+            let wait_ms = responder
+                .poll_at(now)
+                .map(|at| at.saturating_duration_since(now).as_millis().min(20) as i32)
+                .unwrap_or(20);
+            let mut poll_fd = libc::pollfd {
+                fd: tap.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd on our stack, count 1.
+            unsafe { libc::poll(&mut poll_fd, 1, wait_ms) };
+            loop {
+                match tap.read(&mut frame) {
+                    Ok(length) if length > 0 => {
+                        // Unclaimed frames (IPv6 router solicitations...) would go to the
+                        // host's tap in a VMM; here there is nowhere to send them.
+                        let _claimed = responder.handle_frame(&frame[..length], Instant::now());
+                    }
+                    _ => break,
+                }
+            }
+            while let Some(out) = responder.poll_tx(Instant::now()) {
+                let _ = tap.write_all(&out);
+                sent_log.lock().expect("sent lock").push(out);
+            }
+        }
+    });
+    VmmLoop {
+        stop,
+        thread: Some(thread),
+        sent,
+    }
+}
+
+fn curl_in(namespace: &str, args: &[&str]) -> String {
+    run_ok(
+        Command::new(system_tool("ip"))
+            .args(["netns", "exec", namespace])
+            .arg(system_tool("curl"))
+            .args(["-s", "--fail-with-body", "--max-time", "10"])
+            .args(args),
+    )
+}
+
+#[test]
+fn linux_guest_stack_and_curl_through_the_responder() {
+    system_tool("curl");
+    let tag = std::process::id() % 100_000;
+    let namespace = Namespace(format!("imds-guest-{tag}"));
+    let tap_name = format!("imdstap{tag}");
+    ip(&["netns", "add", &namespace.0]);
+    let tap = open_tap(&tap_name);
+    ip(&["link", "set", "dev", &tap_name, "netns", &namespace.0]);
+    let in_ns = |args: &[&str]| {
+        let mut full = vec!["netns", "exec", &namespace.0, "ip"];
+        full.extend_from_slice(args);
+        ip(&full);
+    };
+    in_ns(&["link", "set", "lo", "up"]);
+    in_ns(&["link", "set", &tap_name, "address", "02:00:00:00:00:01"]);
+    in_ns(&["addr", "add", GUEST_ADDRESS, "dev", &tap_name]);
+    in_ns(&["link", "set", &tap_name, "up"]);
+    in_ns(&["route", "add", "169.254.169.254/32", "dev", &tap_name]);
+
+    let mut record: imds::InstanceRecord = serde_json::from_value(instance_json(
+        "i-0ccccccccccccccc3",
+        "172.31.16.10",
+        serde_json::json!({"http_tokens": "required", "http_put_response_hop_limit": HOP_LIMIT}),
+    ))
+    .expect("record");
+    record.metadata_options.requests_per_second = 0;
+    let responder = ImdsResponder::new(&record, ResponderConfig::default()).expect("responder");
+    let vmm = start_vmm_loop(tap, responder);
+
+    let token = curl_in(
+        &namespace.0,
+        &[
+            "-X",
+            "PUT",
+            "-H",
+            "X-aws-ec2-metadata-token-ttl-seconds: 300",
+            "http://169.254.169.254/latest/api/token",
+        ],
+    );
+    assert!(token.len() > 20, "token: {token:?}");
+    let instance_id = curl_in(
+        &namespace.0,
+        &[
+            "-H",
+            &format!("X-aws-ec2-metadata-token: {token}"),
+            "http://169.254.169.254/latest/meta-data/instance-id",
+        ],
+    );
+    assert_eq!(instance_id, "i-0ccccccccccccccc3");
+    // Keep-alive: curl reuses one connection for two URLs.
+    let both = curl_in(
+        &namespace.0,
+        &[
+            "-H",
+            &format!("X-aws-ec2-metadata-token: {token}"),
+            "http://169.254.169.254/latest/meta-data/placement/region",
+            "http://169.254.169.254/latest/meta-data/local-ipv4",
+        ],
+    );
+    assert_eq!(both, "eu-west-1172.31.16.10");
+    // Without a token: 401 (curl --fail-with-body exits 22).
+    let status = Command::new(system_tool("ip"))
+        .args(["netns", "exec", &namespace.0])
+        .arg(system_tool("curl"))
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "10",
+        ])
+        .arg("http://169.254.169.254/latest/meta-data/instance-id")
+        .output()
+        .expect("curl");
+    assert_eq!(String::from_utf8_lossy(&status.stdout), "401");
+
+    // The frame that carried the token left with IP TTL = hop limit; others with 64.
+    let sent = vmm.sent.lock().expect("sent lock").clone();
+    let ttl_of = |needle: &[u8]| -> Vec<u8> {
+        sent.iter()
+            .filter(|frame| frame.windows(needle.len()).any(|window| window == needle))
+            .map(|frame| frame[14 + 8])
+            .collect()
+    };
+    assert_eq!(ttl_of(token.as_bytes()), vec![HOP_LIMIT]);
+    assert_eq!(ttl_of(b"i-0ccccccccccccccc3"), vec![64]);
+}
