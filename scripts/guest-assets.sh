@@ -132,7 +132,7 @@ fi
 
 # ---- initramfs -----------------------------------------------------------------------
 INIT=$HERE/guest-init/guest-init.sh
-STAMP=$(inputs_hash "$INIT" "$BT_SRC" "$0" "$HERE/lib/kernel.sh" <(echo "$KERNEL_VER $BUSYBOX_VER $GUEST_MODULES"))
+STAMP=$(inputs_hash "$INIT" "$BT_SRC" "$HERE/lib/kernel.sh" <(echo "$KERNEL_VER $BUSYBOX_VER $GUEST_MODULES"))
 if [ "$FORCE" = 1 ] || [ ! -s "$GUEST/initramfs.cpio.gz" ] \
         || [ "$(cat "$GUEST/initramfs.stamp" 2>/dev/null)" != "$STAMP" ]; then
     log "building initramfs.cpio.gz"
