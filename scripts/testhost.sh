@@ -52,7 +52,7 @@ qemu_packages() {
 
 qemu_fetch() {
     papt_update
-    local pkgs; pkgs=$(qemu_packages)
+    local pkgs; pkgs=$(papt_memo qemu qemu_packages) || die "cannot resolve QEMU packages"
     echo "$pkgs" | grep -q '^qemu-system-x86=1:10\.' || die "no QEMU 10 in bookworm-backports: $pkgs"
     if [ ! -x "$QEMU_WRAPPER" ] || [ "$(cat "$QEMU_ROOT/.packages" 2>/dev/null)" != "$pkgs" ]; then
         log "extracting QEMU: $(echo $pkgs)"

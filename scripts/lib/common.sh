@@ -68,13 +68,21 @@ CONF
     export APT_CONFIG=$etc/apt.conf
 }
 
-# `apt-get update` for the private lists, once (or again with PAPT_REFRESH=1).
+# `apt-get update` for the private lists: when missing, older than a week (so "newest
+# kernel" keeps meaning something and old .debs that left the archive are not asked for), or
+# when PAPT_REFRESH=1. A failed refresh with usable old lists only warns.
 papt_update() {
     export_papt_config
-    if [ ! -e "$PAPT_DIR/lists/.updated" ] || [ "${PAPT_REFRESH:-0}" = 1 ]; then
+    local stamp=$PAPT_DIR/lists/.updated
+    if [ ! -e "$stamp" ] || [ "${PAPT_REFRESH:-0}" = 1 ] || [ -n "$(find "$stamp" -mtime +7)" ]; then
         log "updating private apt lists (bookworm, bookworm-backports)"
-        apt-get -q -o Debug::NoLocking=1 update >&2 || die "apt-get update failed"
-        touch "$PAPT_DIR/lists/.updated"
+        if apt-get -q -o Debug::NoLocking=1 update >&2; then
+            touch "$stamp"
+        elif [ -e "$stamp" ]; then
+            log "warning: apt-get update failed; using the lists from $(date -r "$stamp" +%F)"
+        else
+            die "apt-get update failed"
+        fi
     fi
 }
 
@@ -111,4 +119,20 @@ papt_extract() {
         deb=$(papt_download "$p")
         dpkg -x "$deb" "$dir"
     done
+}
+
+# papt_memo KEY COMMAND... : run an apt query once and reuse its output until the private
+# lists are refreshed or the system's installed packages change (each apt-cache/apt-get
+# call parses all lists, ~0.4 s; a test-host run would otherwise spend seconds on them).
+papt_memo() {
+    local key=$1; shift
+    local f=$PAPT_DIR/memo/$key
+    if [ -s "$f" ] && [ "$f" -nt "$PAPT_DIR/lists/.updated" ] && [ "$f" -nt /var/lib/dpkg/status ]; then
+        cat "$f"; return 0
+    fi
+    mkdir -p "$PAPT_DIR/memo"
+    local out; out=$("$@") || return 1
+    [ -n "$out" ] || return 1
+    printf '%s\n' "$out" > "$f"
+    printf '%s\n' "$out"
 }

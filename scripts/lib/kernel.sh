@@ -5,13 +5,19 @@
 # amd64 generic flavour, unsigned variant (same kernel, no Secure Boot signature).
 KERNEL_PKG_REGEX='^linux-image-6\.12\.[0-9]+\+deb12-amd64-unsigned$'
 
+# Newest kernel package of the flavour, and its newest version: "NAME VERSION".
+_kernel_pick() {
+    local pkg; pkg=$(apt-cache pkgnames linux-image-6.12. | grep -E "$KERNEL_PKG_REGEX" | sort -V | tail -n1)
+    [ -n "$pkg" ] && printf '%s %s\n' "$pkg" "$(papt_candidate "$pkg")"
+}
+
 # Sets KERNEL_PKG, KERNEL_VER, KERNEL_ROOT (dpkg -x tree), KERNEL_RELEASE (uname -r),
 # KERNEL_MODDIR and KERNEL_BZIMAGE. Downloads and extracts only when missing.
 kernel_fetch() {
     papt_update
-    KERNEL_PKG=$(apt-cache pkgnames linux-image-6.12. | grep -E "$KERNEL_PKG_REGEX" | sort -V | tail -n1)
-    [ -n "$KERNEL_PKG" ] || die "no package matching $KERNEL_PKG_REGEX in the private apt lists"
-    KERNEL_VER=$(papt_candidate "$KERNEL_PKG")
+    local pick
+    pick=$(papt_memo kernel _kernel_pick) || die "no package matching $KERNEL_PKG_REGEX in the private apt lists"
+    read -r KERNEL_PKG KERNEL_VER <<< "$pick"
     KERNEL_ROOT=$CACHE/kernel/${KERNEL_PKG}_$KERNEL_VER
     if [ ! -e "$KERNEL_ROOT/.done" ]; then
         local deb; deb=$(papt_download "$KERNEL_PKG=$KERNEL_VER")
@@ -29,7 +35,7 @@ kernel_fetch() {
 # Sets BUSYBOX (path of the static binary from busybox-static, bookworm).
 busybox_fetch() {
     papt_update
-    local ver; ver=$(papt_candidate busybox-static)
+    local ver; ver=$(papt_memo busybox papt_candidate busybox-static) || die "busybox-static not found"
     local dir=$CACHE/busybox/$ver
     if [ ! -x "$dir/bin/busybox" ]; then
         local deb; deb=$(papt_download "busybox-static=$ver")
