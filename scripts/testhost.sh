@@ -247,7 +247,9 @@ case "${1:-}" in
     run) shift; cmd_run run "$@" ;;
     shell) shift; cmd_run shell "$@" ;;
     qemu-path)
-        qemu_fetch >&2
+        # Only fetch when missing: this also runs inside the test host, where the cache is
+        # read-only (`setup` refreshes an existing QEMU).
+        [ -x "$QEMU_WRAPPER" ] || qemu_fetch >&2
         printf '%s\n' "$QEMU_WRAPPER"
         ;;
     -h|--help|help) usage 0 ;;
