@@ -70,6 +70,7 @@ pub struct I8042 {
     /// A keyboard command waiting for its parameter byte.
     pending_kbd_cmd: Option<u8>,
     buffer: VecDeque<u8>,
+    reset_requested: bool,
 }
 
 impl I8042 {
@@ -85,6 +86,7 @@ impl I8042 {
             pending_cmd: None,
             pending_kbd_cmd: None,
             buffer: VecDeque::new(),
+            reset_requested: false,
         }
     }
 
@@ -138,7 +140,12 @@ impl I8042 {
             CMD_DISABLE_KBD => self.control |= CB_KBD_DISABLED,
             CMD_ENABLE_KBD => self.control &= !CB_KBD_DISABLED,
             CMD_PULSE_RESET => {
-                log::info!("i8042: guest requested a reset");
+                // The kernel retries the reset a few times before the VMM
+                // stops the vCPUs: log the first request only.
+                if !self.reset_requested {
+                    log::info!("i8042: guest requested a reset");
+                }
+                self.reset_requested = true;
                 if let Err(e) = self.reset_evt.write(1) {
                     log::error!("i8042: cannot signal reset: {e}");
                 }

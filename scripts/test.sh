@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The project's test command (the README's second command; .ci/run runs it on a clean
+# clone). Installs what the tests need (scripts/setup/*.sh: Debian packages, a Python
+# venv, guest kernel and initramfs, the QEMU 10 test host), then checks formatting and
+# lints and runs every test, including the test-host tier that boots Linux on nested KVM.
+#
+#   scripts/test.sh            everything
+#   scripts/test.sh -p vmm     extra arguments go to `cargo test`
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+step() { printf '\n== %s (%s)\n' "$*" "$(date -u +%H:%M:%S)"; }
+
+step "set-up"
+for setup in scripts/setup/*.sh; do
+    bash "$setup"
+done
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "cargo test"
+cargo test --workspace "$@"
+
+# Bounded fuzzing runs, when a fuzz script exists and cargo-fuzz is usable.
+for fuzz in scripts/fuzz-*.sh; do
+    [ -e "$fuzz" ] || continue
+    step "$fuzz (bounded)"
+    FUZZ_SECONDS="${FUZZ_SECONDS:-60}" bash "$fuzz"
+done
+
+step "all tests passed"
