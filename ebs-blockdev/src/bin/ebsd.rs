@@ -1,1 +1,158 @@
-fn main() {}
+//! `ebsd`: the EBS-like block service daemon.
+
+use std::fs;
+use std::net::TcpListener;
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use ebs_blockdev::nbd::{NbdEndpoint, NbdServer};
+use ebs_blockdev::service::{Service, ServiceConfig};
+
+#[derive(Parser)]
+#[command(
+    name = "ebsd",
+    about = "EBS-like block service with an NBD export",
+    version
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve volumes: the control API and the NBD export.
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Directory holding volumes and control state (created if missing).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// NBD listen address, `unix:/path` or `tcp:host:port`; repeatable.
+    #[arg(long = "nbd-listen", required = true)]
+    nbd_listen: Vec<String>,
+    /// Unix socket for the HTTP/JSON API.
+    #[arg(long)]
+    api_sock: PathBuf,
+    /// Optional TCP address for the HTTP/JSON API (e.g. 127.0.0.1:8780).
+    #[arg(long)]
+    api_listen: Option<String>,
+    /// API worker threads.
+    #[arg(long, default_value_t = 4)]
+    api_workers: usize,
+}
+
+/// Removes a stale socket left by a previous run; refuses to remove anything else.
+fn remove_stale_socket(path: &Path) -> Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(metadata) if metadata.file_type().is_socket() => {
+            fs::remove_file(path).with_context(|| format!("remove stale socket {}", path.display()))
+        }
+        Ok(_) => bail!("{} exists and is not a socket", path.display()),
+        Err(_) => Ok(()),
+    }
+}
+
+/// Blocks SIGTERM and SIGINT in every thread (call before spawning any), so that one
+/// thread can wait for them with sigwait and shut the service down in order.
+fn block_termination_signals() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data; sigemptyset initialises it before any other use.
+    let mut signals: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `signals` is a valid sigset_t owned by this frame; the calls only write it
+    // and the calling thread's signal mask.
+    unsafe {
+        libc::sigemptyset(&mut signals);
+        libc::sigaddset(&mut signals, libc::SIGTERM);
+        libc::sigaddset(&mut signals, libc::SIGINT);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &signals, std::ptr::null_mut());
+    }
+    signals
+}
+
+fn wait_for_termination(signals: &libc::sigset_t) -> i32 {
+    let mut received: libc::c_int = 0;
+    // SAFETY: `signals` is an initialised set and `received` a valid out-pointer.
+    unsafe { libc::sigwait(signals, &mut received) };
+    received
+}
+
+fn serve(args: ServeArgs) -> Result<()> {
+    let signals = block_termination_signals();
+    let mut endpoints = Vec::new();
+    for text in &args.nbd_listen {
+        let endpoint: NbdEndpoint = text
+            .parse()
+            .with_context(|| format!("--nbd-listen {text}"))?;
+        endpoints.push(endpoint);
+    }
+    // TCP endpoints are reported with the port actually bound (":0" picks one).
+    let mut unix_listeners = Vec::new();
+    let mut tcp_listeners = Vec::new();
+    let mut advertised = Vec::new();
+    for endpoint in &endpoints {
+        match endpoint {
+            NbdEndpoint::Unix(path) => {
+                remove_stale_socket(path)?;
+                let listener = UnixListener::bind(path)
+                    .with_context(|| format!("bind NBD socket {}", path.display()))?;
+                advertised.push(endpoint.to_string());
+                unix_listeners.push(listener);
+            }
+            NbdEndpoint::Tcp(address) => {
+                let listener = TcpListener::bind(address)
+                    .with_context(|| format!("bind NBD address {address}"))?;
+                advertised.push(format!("tcp:{}", listener.local_addr()?));
+                tcp_listeners.push(listener);
+            }
+        }
+    }
+    let service = Service::open(ServiceConfig {
+        data_dir: args.data_dir.clone(),
+        nbd_endpoints: advertised.clone(),
+    })
+    .with_context(|| format!("open data directory {}", args.data_dir.display()))?;
+    let nbd = NbdServer::new(Arc::clone(&service) as _);
+    for listener in unix_listeners {
+        let nbd = Arc::clone(&nbd);
+        thread::spawn(move || nbd.serve_unix(listener));
+    }
+    for listener in tcp_listeners {
+        let nbd = Arc::clone(&nbd);
+        thread::spawn(move || nbd.serve_tcp(listener));
+    }
+    remove_stale_socket(&args.api_sock)?;
+    let api = tiny_http::Server::http_unix(&args.api_sock)
+        .map_err(|error| anyhow::anyhow!("bind API socket {}: {error}", args.api_sock.display()))?;
+    ebs_blockdev::api::serve(Arc::clone(&service), api, args.api_workers);
+    if let Some(address) = &args.api_listen {
+        let api = tiny_http::Server::http(address)
+            .map_err(|error| anyhow::anyhow!("bind API address {address}: {error}"))?;
+        log::info!("API on http://{}", api.server_addr());
+        ebs_blockdev::api::serve(Arc::clone(&service), api, args.api_workers);
+    }
+    log::info!(
+        "ebsd serving {} (NBD: {}; API: {})",
+        args.data_dir.display(),
+        advertised.join(", "),
+        args.api_sock.display()
+    );
+    let signal = wait_for_termination(&signals);
+    log::info!("signal {signal}: flushing and closing volumes");
+    service.shutdown();
+    let _ = fs::remove_file(&args.api_sock);
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    match Cli::parse().command {
+        Command::Serve(args) => serve(args),
+    }
+}

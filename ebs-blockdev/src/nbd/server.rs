@@ -199,15 +199,6 @@ fn read_requests<R: Read, S: NbdStream>(
         if header.command == CMD_DISC {
             return Ok(());
         }
-        if negotiated.export.revoked.load(Ordering::Acquire) {
-            send_outcome(
-                writer,
-                negotiated,
-                &header,
-                Outcome::Failed(ESHUTDOWN, "the attachment was detached".into()),
-            )?;
-            return Ok(());
-        }
         let mut payload = Vec::new();
         if header.command == CMD_WRITE {
             if header.length > MAX_PAYLOAD {
@@ -234,6 +225,16 @@ fn read_requests<R: Read, S: NbdStream>(
             }
             payload.resize(header.length as usize, 0);
             reader.read_exact(&mut payload)?;
+        }
+        // Checked after the payload was read, so the reply is not lost to a reset.
+        if negotiated.export.revoked.load(Ordering::Acquire) {
+            send_outcome(
+                writer,
+                negotiated,
+                &header,
+                Outcome::Failed(ESHUTDOWN, "the attachment was detached".into()),
+            )?;
+            return Ok(());
         }
         if sender.send(Job { header, payload }).is_err() {
             return Err(io::Error::other("workers stopped"));

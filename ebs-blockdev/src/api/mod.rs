@@ -1,0 +1,238 @@
+//! The HTTP/JSON control API: `POST /v1/<Action>` with an EC2-shaped JSON body (the same
+//! field names as `aws ec2`), `GET /metrics` (Prometheus text) and `GET /healthz`.
+//! Errors are `{"Error": {"Code": "<EC2 code>", "Message": "..."}}` with status 400
+//! (caller's fault) or 500.
+
+pub mod client;
+
+use std::io::Read;
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::control::{
+    AttachVolumeRequest, ControlError, CreateVolumeRequest, DescribeVolumesRequest,
+    DetachVolumeRequest, ModifyVolumeRequest,
+};
+use crate::service::Service;
+
+/// Largest request body accepted.
+const MAX_BODY: u64 = 1 << 20;
+
+/// The reply to one API call, independent of the transport.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiResponse {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: Vec<u8>,
+}
+
+impl ApiResponse {
+    fn json(status: u16, value: &Value) -> Self {
+        let mut body = serde_json::to_vec_pretty(value).unwrap_or_default();
+        body.push(b'\n');
+        ApiResponse {
+            status,
+            content_type: "application/json",
+            body,
+        }
+    }
+
+    fn error(status: u16, code: &str, message: &str) -> Self {
+        Self::json(
+            status,
+            &json!({"Error": {"Code": code, "Message": message}}),
+        )
+    }
+
+    fn from_control_error(error: &ControlError) -> Self {
+        let status = if error.is_client_error() { 400 } else { 500 };
+        Self::error(status, error.code(), &error.to_string())
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+struct VolumeIdRequest {
+    volume_id: String,
+}
+
+fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiResponse> {
+    let body = if body.iter().all(u8::is_ascii_whitespace) {
+        b"{}" as &[u8]
+    } else {
+        body
+    };
+    serde_json::from_slice(body).map_err(|error| {
+        ApiResponse::error(
+            400,
+            "InvalidParameterValue",
+            &format!("invalid request body: {error}"),
+        )
+    })
+}
+
+fn to_value<T: serde::Serialize>(value: &T) -> Value {
+    serde_json::to_value(value).unwrap_or(Value::Null)
+}
+
+/// Routes one request. Public so tests can drive the API without sockets.
+pub fn handle(service: &Service, method: &str, path: &str, body: &[u8]) -> ApiResponse {
+    match (method, path) {
+        ("GET", "/healthz") => ApiResponse {
+            status: 200,
+            content_type: "text/plain",
+            body: b"ok\n".to_vec(),
+        },
+        ("GET", "/metrics") => ApiResponse {
+            status: 200,
+            content_type: "text/plain; version=0.0.4",
+            body: render_metrics(service).into_bytes(),
+        },
+        ("POST", path) if path.starts_with("/v1/") => {
+            let action = &path["/v1/".len()..];
+            match dispatch(service, action, body) {
+                Ok(value) => ApiResponse::json(200, &value),
+                Err(response) => response,
+            }
+        }
+        _ => ApiResponse::error(
+            404,
+            "NotFound",
+            &format!("no route for {method} {path}; actions are POST /v1/<Action>"),
+        ),
+    }
+}
+
+fn dispatch(service: &Service, action: &str, body: &[u8]) -> Result<Value, ApiResponse> {
+    let control = |error: ControlError| ApiResponse::from_control_error(&error);
+    let value = match action {
+        "CreateVolume" => to_value(
+            &service
+                .create_volume(&parse::<CreateVolumeRequest>(body)?)
+                .map_err(control)?,
+        ),
+        "DeleteVolume" => {
+            let request: VolumeIdRequest = parse(body)?;
+            service.delete_volume(&request.volume_id).map_err(control)?;
+            json!({"Return": true})
+        }
+        "DescribeVolumes" => {
+            let volumes = service
+                .describe_volumes(&parse::<DescribeVolumesRequest>(body)?)
+                .map_err(control)?;
+            json!({ "Volumes": volumes })
+        }
+        "ModifyVolume" => {
+            let modification = service
+                .modify_volume(&parse::<ModifyVolumeRequest>(body)?)
+                .map_err(control)?;
+            json!({ "VolumeModification": modification })
+        }
+        "AttachVolume" => to_value(
+            &service
+                .attach_volume(&parse::<AttachVolumeRequest>(body)?)
+                .map_err(control)?,
+        ),
+        "DetachVolume" => to_value(
+            &service
+                .detach_volume(&parse::<DetachVolumeRequest>(body)?)
+                .map_err(control)?,
+        ),
+        other => {
+            return Err(ApiResponse::error(
+                400,
+                "InvalidAction",
+                &format!("The action {other} is not valid for this web service."),
+            ))
+        }
+    };
+    Ok(value)
+}
+
+/// Prometheus text exposition of every open volume's metrics.
+pub fn render_metrics(service: &Service) -> String {
+    let volumes = service.volume_metrics();
+    let samples: Vec<_> = volumes
+        .iter()
+        .map(|volume| (volume, volume.samples()))
+        .collect();
+    let mut out = String::new();
+    let family_count = samples.first().map_or(0, |(_, family)| family.len());
+    for family in 0..family_count {
+        let head = &samples[0].1[family];
+        out.push_str(&format!(
+            "# HELP {} {}\n# TYPE {} {}\n",
+            head.name, head.help, head.name, head.kind
+        ));
+        for (volume, volume_samples) in &samples {
+            out.push_str(&format!(
+                "{}{{volume_id=\"{}\",volume_type=\"{}\"}} {}\n",
+                head.name, volume.volume_id, volume.volume_type, volume_samples[family].value
+            ));
+        }
+    }
+    out
+}
+
+/// Serves the API on `server` with `workers` threads.
+pub fn serve(
+    service: Arc<Service>,
+    server: tiny_http::Server,
+    workers: usize,
+) -> Vec<JoinHandle<()>> {
+    let server = Arc::new(server);
+    (0..workers.max(1))
+        .map(|_| {
+            let server = Arc::clone(&server);
+            let service = Arc::clone(&service);
+            thread::spawn(move || loop {
+                let mut request = match server.recv() {
+                    Ok(request) => request,
+                    Err(error) => {
+                        log::error!("api: receive failed: {error}");
+                        return;
+                    }
+                };
+                let method = request.method().as_str().to_uppercase();
+                let path = request
+                    .url()
+                    .split('?')
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
+                let mut body = Vec::new();
+                let read = request
+                    .as_reader()
+                    .take(MAX_BODY + 1)
+                    .read_to_end(&mut body);
+                let response = match read {
+                    Err(error) => ApiResponse::error(
+                        400,
+                        "InvalidRequest",
+                        &format!("cannot read body: {error}"),
+                    ),
+                    Ok(_) if body.len() as u64 > MAX_BODY => {
+                        ApiResponse::error(413, "RequestTooLarge", "request body over 1 MiB")
+                    }
+                    Ok(_) => handle(&service, &method, &path, &body),
+                };
+                log::debug!("api: {method} {path} -> {}", response.status);
+                let header = tiny_http::Header::from_bytes("Content-Type", response.content_type)
+                    .unwrap_or_else(|()| {
+                        tiny_http::Header::from_bytes("Content-Type", "text/plain")
+                            .expect("static header")
+                    });
+                let reply = tiny_http::Response::from_data(response.body)
+                    .with_status_code(response.status)
+                    .with_header(header);
+                if let Err(error) = request.respond(reply) {
+                    log::info!("api: reply failed: {error}");
+                }
+            })
+        })
+        .collect()
+}

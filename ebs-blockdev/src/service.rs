@@ -1,0 +1,485 @@
+//! The block service: carries control-plane decisions out on the storage engine, persists
+//! the control state, and resolves NBD export names to attached volumes.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde::Serialize;
+
+use crate::control::volume::EXPORT_TOKEN_SEPARATOR;
+use crate::control::{
+    AttachVolumeRequest, ControlError, CreateVolumeRequest, DescribeVolumesRequest,
+    DetachVolumeRequest, ModifyVolumeRequest, Volume, VolumeAttachment, VolumeModification,
+    VolumeState, VolumeTable,
+};
+use crate::engine::durable::replace_file_atomically;
+use crate::engine::{BlockStore, EngineError};
+use crate::nbd::{Export, ExportProvider, ExportRefusal, IoDirection, IoThrottle};
+
+const CONTROL_FILE: &str = "control.json";
+const VOLUMES_DIR: &str = "volumes";
+
+impl From<EngineError> for ControlError {
+    fn from(error: EngineError) -> Self {
+        ControlError::Internal(error.to_string())
+    }
+}
+
+/// Per-volume I/O counters, exported as Prometheus metrics.
+#[derive(Debug, Default)]
+pub struct VolumeCounters {
+    pub read_ops: AtomicU64,
+    pub read_bytes: AtomicU64,
+    pub write_ops: AtomicU64,
+    pub write_bytes: AtomicU64,
+}
+
+/// Counts each admitted I/O (the QoS buckets hook in here too).
+struct CountingThrottle {
+    counters: Arc<VolumeCounters>,
+}
+
+impl IoThrottle for CountingThrottle {
+    fn admit(&self, direction: IoDirection, _offset: u64, length: u64) {
+        let (ops, bytes) = match direction {
+            IoDirection::Read => (&self.counters.read_ops, &self.counters.read_bytes),
+            IoDirection::Write => (&self.counters.write_ops, &self.counters.write_bytes),
+        };
+        ops.fetch_add(1, Ordering::Relaxed);
+        bytes.fetch_add(length, Ordering::Relaxed);
+    }
+}
+
+struct OpenVolume {
+    store: Arc<BlockStore>,
+    counters: Arc<VolumeCounters>,
+    /// Per attached instance: set on detach so its NBD connections stop serving.
+    revocations: HashMap<String, Arc<AtomicBool>>,
+}
+
+struct ServiceState {
+    table: VolumeTable,
+    open: HashMap<String, OpenVolume>,
+}
+
+/// How consumers reach the NBD export (reported by AttachVolume).
+#[derive(Debug, Clone, Default)]
+pub struct ServiceConfig {
+    pub data_dir: PathBuf,
+    pub nbd_endpoints: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct NbdExportInfo {
+    /// `<volume-id>/<attachment-token>`: the secret that proves the attachment.
+    pub export_name: String,
+    pub endpoints: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct AttachVolumeResponse {
+    #[serde(flatten)]
+    pub attachment: VolumeAttachment,
+    pub nbd_export: NbdExportInfo,
+}
+
+/// A snapshot of one volume's metrics.
+#[derive(Debug, Clone)]
+pub struct VolumeMetrics {
+    pub volume_id: String,
+    pub volume_type: String,
+    pub size_bytes: u64,
+    pub allocated_bytes: u64,
+    pub read_ops: u64,
+    pub read_bytes: u64,
+    pub write_ops: u64,
+    pub write_bytes: u64,
+}
+
+/// One Prometheus sample of a volume.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricSample {
+    pub name: &'static str,
+    pub kind: &'static str,
+    pub help: &'static str,
+    pub value: f64,
+}
+
+impl VolumeMetrics {
+    /// The samples of every metric family, in a fixed order.
+    pub fn samples(&self) -> Vec<MetricSample> {
+        let sample = |name, kind, help, value: u64| MetricSample {
+            name,
+            kind,
+            help,
+            value: value as f64,
+        };
+        vec![
+            sample(
+                "ebs_volume_size_bytes",
+                "gauge",
+                "Provisioned size of the volume.",
+                self.size_bytes,
+            ),
+            sample(
+                "ebs_volume_allocated_bytes",
+                "gauge",
+                "Bytes in allocated 512 KiB blocks (thin provisioning).",
+                self.allocated_bytes,
+            ),
+            sample(
+                "ebs_volume_read_ops_total",
+                "counter",
+                "READ requests served.",
+                self.read_ops,
+            ),
+            sample(
+                "ebs_volume_read_bytes_total",
+                "counter",
+                "Bytes read.",
+                self.read_bytes,
+            ),
+            sample(
+                "ebs_volume_write_ops_total",
+                "counter",
+                "WRITE requests served.",
+                self.write_ops,
+            ),
+            sample(
+                "ebs_volume_write_bytes_total",
+                "counter",
+                "Bytes written.",
+                self.write_bytes,
+            ),
+        ]
+    }
+}
+
+pub struct Service {
+    config: ServiceConfig,
+    state: Mutex<ServiceState>,
+}
+
+fn io_error(context: &str) -> impl FnOnce(io::Error) -> ControlError + '_ {
+    move |error| ControlError::Internal(format!("{context}: {error}"))
+}
+
+impl Service {
+    /// Opens (or initialises) the data directory and every volume in it.
+    pub fn open(config: ServiceConfig) -> Result<Arc<Self>, ControlError> {
+        fs::create_dir_all(config.data_dir.join(VOLUMES_DIR))
+            .map_err(io_error("create data directory"))?;
+        let control_path = config.data_dir.join(CONTROL_FILE);
+        let mut table: VolumeTable = match fs::read(&control_path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|error| {
+                ControlError::Internal(format!("{} is corrupt: {error}", control_path.display()))
+            })?,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => VolumeTable::default(),
+            Err(error) => return Err(io_error("read control state")(error)),
+        };
+        let mut open = HashMap::new();
+        let volumes: Vec<Volume> = table.all().cloned().collect();
+        for volume in volumes {
+            let directory = config.data_dir.join(VOLUMES_DIR).join(&volume.volume_id);
+            match volume.state {
+                VolumeState::Deleting => {
+                    BlockStore::destroy(&directory)?;
+                    table.finish_delete(&volume.volume_id)?;
+                }
+                VolumeState::Creating => {
+                    log::warn!(
+                        "{}: creation was interrupted; marking it error",
+                        volume.volume_id
+                    );
+                    table.set_state(&volume.volume_id, VolumeState::Error)?;
+                }
+                VolumeState::Available | VolumeState::InUse => match BlockStore::open(&directory) {
+                    Ok(store) => {
+                        // Attachments survive a restart: their consumers reconnect.
+                        let revocations = volume
+                            .attachments
+                            .iter()
+                            .map(|attachment| {
+                                (
+                                    attachment.instance_id.clone(),
+                                    Arc::new(AtomicBool::new(false)),
+                                )
+                            })
+                            .collect();
+                        open.insert(
+                            volume.volume_id.clone(),
+                            OpenVolume {
+                                store: Arc::new(store),
+                                counters: Arc::default(),
+                                revocations,
+                            },
+                        );
+                    }
+                    Err(error) => {
+                        log::error!("{}: cannot open its storage: {error}", volume.volume_id);
+                        table.set_state(&volume.volume_id, VolumeState::Error)?;
+                    }
+                },
+                VolumeState::Error | VolumeState::Deleted => {}
+            }
+        }
+        let service = Arc::new(Service {
+            config,
+            state: Mutex::new(ServiceState { table, open }),
+        });
+        service.persist(&service.lock())?;
+        Ok(service)
+    }
+
+    pub fn config(&self) -> &ServiceConfig {
+        &self.config
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ServiceState> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn volume_directory(&self, volume_id: &str) -> PathBuf {
+        self.config.data_dir.join(VOLUMES_DIR).join(volume_id)
+    }
+
+    /// Writes the control state atomically (mode 0600: it holds attachment tokens).
+    fn persist(&self, state: &ServiceState) -> Result<(), ControlError> {
+        let encoded = serde_json::to_vec_pretty(&state.table)
+            .map_err(|error| ControlError::Internal(format!("encode control state: {error}")))?;
+        let path = self.config.data_dir.join(CONTROL_FILE);
+        replace_file_atomically(&path, &encoded).map_err(io_error("persist control state"))?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
+            .map_err(io_error("chmod control state"))
+    }
+
+    pub fn create_volume(&self, request: &CreateVolumeRequest) -> Result<Volume, ControlError> {
+        if request.snapshot_id.is_some() {
+            return Err(ControlError::Unsupported(
+                "creating volumes from snapshots is not available yet".into(),
+            ));
+        }
+        if request.encrypted == Some(true) || request.kms_key_id.is_some() {
+            return Err(ControlError::Unsupported(
+                "encrypted volumes are not available yet".into(),
+            ));
+        }
+        let mut state = self.lock();
+        let volume = state.table.create(request, None)?;
+        self.persist(&state)?;
+        let directory = self.volume_directory(&volume.volume_id);
+        match BlockStore::create(&directory, volume.size_bytes()) {
+            Ok(store) => {
+                state.open.insert(
+                    volume.volume_id.clone(),
+                    OpenVolume {
+                        store: Arc::new(store),
+                        counters: Arc::default(),
+                        revocations: HashMap::new(),
+                    },
+                );
+                let volume = state
+                    .table
+                    .set_state(&volume.volume_id, VolumeState::Available)?;
+                self.persist(&state)?;
+                log::info!(
+                    "created {} ({} GiB {})",
+                    volume.volume_id,
+                    volume.size,
+                    volume.volume_type
+                );
+                Ok(volume)
+            }
+            Err(error) => {
+                state
+                    .table
+                    .set_state(&volume.volume_id, VolumeState::Error)?;
+                self.persist(&state)?;
+                Err(error.into())
+            }
+        }
+    }
+
+    pub fn delete_volume(&self, volume_id: &str) -> Result<(), ControlError> {
+        let mut state = self.lock();
+        state.table.begin_delete(volume_id)?;
+        self.persist(&state)?;
+        if let Some(open) = state.open.remove(volume_id) {
+            // Connections were revoked at detach; close the store so its map is clean.
+            if let Ok(store) = Arc::try_unwrap(open.store) {
+                let _ = store.close();
+            }
+        }
+        BlockStore::destroy(&self.volume_directory(volume_id))?;
+        state.table.finish_delete(volume_id)?;
+        self.persist(&state)?;
+        log::info!("deleted {volume_id}");
+        Ok(())
+    }
+
+    pub fn describe_volumes(
+        &self,
+        request: &DescribeVolumesRequest,
+    ) -> Result<Vec<Volume>, ControlError> {
+        self.lock().table.describe(request)
+    }
+
+    pub fn modify_volume(
+        &self,
+        request: &ModifyVolumeRequest,
+    ) -> Result<VolumeModification, ControlError> {
+        let mut state = self.lock();
+        let before = state.table.clone();
+        let modification = state.table.modify(request)?;
+        if modification.target_size != modification.original_size {
+            let grown = match state.open.get(&request.volume_id) {
+                Some(open) => open
+                    .store
+                    .grow(state.table.get(&request.volume_id)?.size_bytes()),
+                None => Ok(()),
+            };
+            if let Err(error) = grown {
+                state.table = before;
+                return Err(error.into());
+            }
+        }
+        self.persist(&state)?;
+        Ok(modification)
+    }
+
+    pub fn attach_volume(
+        &self,
+        request: &AttachVolumeRequest,
+    ) -> Result<AttachVolumeResponse, ControlError> {
+        let mut state = self.lock();
+        let (attachment, export_name) = state.table.attach(request)?;
+        if let Some(open) = state.open.get_mut(&request.volume_id) {
+            open.revocations.insert(
+                request.instance_id.clone(),
+                Arc::new(AtomicBool::new(false)),
+            );
+        }
+        self.persist(&state)?;
+        log::info!("attached {} to {}", request.volume_id, request.instance_id);
+        Ok(AttachVolumeResponse {
+            attachment,
+            nbd_export: NbdExportInfo {
+                export_name,
+                endpoints: self.config.nbd_endpoints.clone(),
+            },
+        })
+    }
+
+    pub fn detach_volume(
+        &self,
+        request: &DetachVolumeRequest,
+    ) -> Result<VolumeAttachment, ControlError> {
+        let mut state = self.lock();
+        let attachment = state.table.detach(request)?;
+        if let Some(open) = state.open.get_mut(&request.volume_id) {
+            if let Some(revoked) = open.revocations.remove(&attachment.instance_id) {
+                revoked.store(true, Ordering::Release);
+            }
+            // What the detached consumer wrote must not be lost by a later crash.
+            open.store.flush()?;
+        }
+        self.persist(&state)?;
+        log::info!(
+            "detached {} from {}",
+            request.volume_id,
+            attachment.instance_id
+        );
+        Ok(attachment)
+    }
+
+    pub fn volume_metrics(&self) -> Vec<VolumeMetrics> {
+        let state = self.lock();
+        state
+            .table
+            .all()
+            .filter_map(|volume| {
+                let open = state.open.get(&volume.volume_id)?;
+                let counters = &open.counters;
+                Some(VolumeMetrics {
+                    volume_id: volume.volume_id.clone(),
+                    volume_type: volume.volume_type.to_string(),
+                    size_bytes: volume.size_bytes(),
+                    allocated_bytes: open.store.allocated_bytes(),
+                    read_ops: counters.read_ops.load(Ordering::Relaxed),
+                    read_bytes: counters.read_bytes.load(Ordering::Relaxed),
+                    write_ops: counters.write_ops.load(Ordering::Relaxed),
+                    write_bytes: counters.write_bytes.load(Ordering::Relaxed),
+                })
+            })
+            .collect()
+    }
+
+    /// Flushes and closes every volume (orderly shutdown).
+    pub fn shutdown(&self) {
+        let mut state = self.lock();
+        for (volume_id, open) in state.open.drain() {
+            match Arc::try_unwrap(open.store) {
+                Ok(store) => {
+                    if let Err(error) = store.close() {
+                        log::error!("{volume_id}: close failed: {error}");
+                    }
+                }
+                Err(store) => {
+                    // Still referenced by a connection: flush at least.
+                    if let Err(error) = store.flush() {
+                        log::error!("{volume_id}: flush failed: {error}");
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.config.data_dir
+    }
+}
+
+impl ExportProvider for Service {
+    fn open_export(&self, export_name: &str) -> Result<Export, ExportRefusal> {
+        let state = self.lock();
+        let volume_id = export_name
+            .split(EXPORT_TOKEN_SEPARATOR)
+            .next()
+            .unwrap_or_default();
+        let grant = state
+            .table
+            .authorize_export(export_name)
+            .map_err(|error| match error {
+                ControlError::AttachmentNotFound(message) => ExportRefusal::NotAuthorized(message),
+                other => ExportRefusal::Unknown(format!("{}: {other}", other.code())),
+            })?;
+        let open = state.open.get(volume_id).ok_or_else(|| {
+            ExportRefusal::Unknown(format!("volume {volume_id} has no storage open"))
+        })?;
+        let revoked = open
+            .revocations
+            .get(&grant.instance_id)
+            .cloned()
+            .ok_or_else(|| {
+                ExportRefusal::NotAuthorized(format!("attachment of {volume_id} was revoked"))
+            })?;
+        Ok(Export {
+            volume_id: grant.volume_id,
+            store: Arc::clone(&open.store),
+            read_only: grant.read_only,
+            throttle: Some(Arc::new(CountingThrottle {
+                counters: Arc::clone(&open.counters),
+            })),
+            revoked,
+        })
+    }
+}
