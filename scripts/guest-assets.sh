@@ -21,7 +21,7 @@ FORCE=0
 for a in "$@"; do
     case "$a" in
         --force) FORCE=1 ;;
-        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+        -h|--help) awk 'NR > 1 { if (!/^#/) exit; sub(/^# ?/, ""); print }' "$0"; exit 0 ;;
         *) die "unknown argument $a" ;;
     esac
 done
@@ -34,6 +34,7 @@ virtio_blk virtio_net failover net_failover igbvf ${GUEST_EXTRA_MODULES:-}"
 
 GUEST=$CACHE/guest
 mkdir -p "$GUEST"
+build_lock   # released at exit
 
 kernel_fetch
 busybox_fetch

@@ -107,16 +107,19 @@ initramfs_build() {
 
 prepare() {
     mkdir -p "$TH"
+    build_lock
     kernel_fetch
     busybox_fetch
     qemu_fetch
     initramfs_build
+    build_unlock
 }
 
 # POSIX-sh single quoting (cmd.sh runs under the host's /bin/sh inside the chroot).
 shq() { local s=${1//\'/\'\\\'\'}; printf "'%s'" "$s"; }
 
-usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
+# The header comment above is the help text.
+usage() { awk 'NR > 1 { if (!/^#/) exit; sub(/^# ?/, ""); print }' "$0"; exit "${1:-2}"; }
 
 cmd_run() { # MODE(run|shell) ARGS...
     local mode=$1; shift
@@ -249,7 +252,7 @@ case "${1:-}" in
     qemu-path)
         # Only fetch when missing: this also runs inside the test host, where the cache is
         # read-only (`setup` refreshes an existing QEMU).
-        [ -x "$QEMU_WRAPPER" ] || qemu_fetch >&2
+        if [ ! -x "$QEMU_WRAPPER" ]; then build_lock; qemu_fetch >&2; build_unlock; fi
         printf '%s\n' "$QEMU_WRAPPER"
         ;;
     -h|--help|help) usage 0 ;;

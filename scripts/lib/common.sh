@@ -136,3 +136,12 @@ papt_memo() {
     printf '%s\n' "$out" > "$f"
     printf '%s\n' "$out"
 }
+
+# One lock for everything that builds in $CACHE: tests run test-host commands in parallel,
+# and two runs must not extract the same kernel or rebuild the same initramfs at once.
+build_lock() {
+    mkdir -p "$CACHE"
+    exec 9> "$CACHE/.build.lock"
+    flock 9
+}
+build_unlock() { flock -u 9 2>/dev/null || true; exec 9>&-; }
