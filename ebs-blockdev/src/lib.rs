@@ -5,4 +5,5 @@ pub mod api;
 pub mod control;
 pub mod engine;
 pub mod nbd;
+pub mod qos;
 pub mod service;

@@ -20,6 +20,7 @@ use crate::control::{
 use crate::engine::durable::replace_file_atomically;
 use crate::engine::{BlockStore, EngineError};
 use crate::nbd::{Export, ExportProvider, ExportRefusal, IoDirection, IoThrottle};
+use crate::qos::{Clock, MonotonicClock, QosPolicy, QosSnapshot, VolumeQos};
 
 const CONTROL_FILE: &str = "control.json";
 const VOLUMES_DIR: &str = "volumes";
@@ -39,13 +40,15 @@ pub struct VolumeCounters {
     pub write_bytes: AtomicU64,
 }
 
-/// Counts each admitted I/O (the QoS buckets hook in here too).
-struct CountingThrottle {
+/// Counts each I/O and holds it until the volume's QoS buckets admit it.
+struct VolumeThrottle {
     counters: Arc<VolumeCounters>,
+    qos: Arc<VolumeQos>,
 }
 
-impl IoThrottle for CountingThrottle {
-    fn admit(&self, direction: IoDirection, _offset: u64, length: u64) {
+impl IoThrottle for VolumeThrottle {
+    fn admit(&self, direction: IoDirection, offset: u64, length: u64) {
+        self.qos.admit_request(direction, offset, length);
         let (ops, bytes) = match direction {
             IoDirection::Read => (&self.counters.read_ops, &self.counters.read_bytes),
             IoDirection::Write => (&self.counters.write_ops, &self.counters.write_bytes),
@@ -58,6 +61,7 @@ impl IoThrottle for CountingThrottle {
 struct OpenVolume {
     store: Arc<BlockStore>,
     counters: Arc<VolumeCounters>,
+    qos: Arc<VolumeQos>,
     /// Per attached instance: set on detach so its NBD connections stop serving.
     revocations: HashMap<String, Arc<AtomicBool>>,
 }
@@ -101,6 +105,7 @@ pub struct VolumeMetrics {
     pub read_bytes: u64,
     pub write_ops: u64,
     pub write_bytes: u64,
+    pub qos: QosSnapshot,
 }
 
 /// One Prometheus sample of a volume.
@@ -158,13 +163,47 @@ impl VolumeMetrics {
                 "Bytes written.",
                 self.write_bytes,
             ),
+            sample(
+                "ebs_volume_counted_ios_total",
+                "counter",
+                "I/Os as EBS counts them (256 KiB SSD, 1 MiB HDD, sequential merged).",
+                self.qos.counted_ios,
+            ),
+            MetricSample {
+                name: "ebs_volume_burst_balance_percent",
+                kind: "gauge",
+                help: "Credit bucket fill (EBS BurstBalance); 100 for types without credits.",
+                value: self.qos.burst_balance_percent,
+            },
+            MetricSample {
+                name: "ebs_volume_credit_balance",
+                kind: "gauge",
+                help: "I/O credits (gp2, standard) or throughput credits in MiB (st1, sc1); NaN for other types.",
+                value: self
+                    .qos
+                    .io_credit_balance
+                    .or(self.qos.throughput_credit_balance_mib)
+                    .unwrap_or(f64::NAN),
+            },
+            MetricSample {
+                name: "ebs_volume_throttled_seconds_total",
+                kind: "counter",
+                help: "Time requests spent waiting for QoS tokens.",
+                value: self.qos.throttled_seconds,
+            },
         ]
     }
 }
 
 pub struct Service {
     config: ServiceConfig,
+    clock: Arc<dyn Clock>,
     state: Mutex<ServiceState>,
+}
+
+fn new_qos(volume: &Volume, clock: &Arc<dyn Clock>) -> Result<Arc<VolumeQos>, ControlError> {
+    let policy = QosPolicy::for_volume(volume.volume_type, volume.size, &volume.performance()?);
+    Ok(Arc::new(VolumeQos::new(policy, Arc::clone(clock))))
 }
 
 fn io_error(context: &str) -> impl FnOnce(io::Error) -> ControlError + '_ {
@@ -184,6 +223,7 @@ impl Service {
             Err(error) if error.kind() == io::ErrorKind::NotFound => VolumeTable::default(),
             Err(error) => return Err(io_error("read control state")(error)),
         };
+        let clock: Arc<dyn Clock> = Arc::new(MonotonicClock::default());
         let mut open = HashMap::new();
         let volumes: Vec<Volume> = table.all().cloned().collect();
         for volume in volumes {
@@ -213,11 +253,13 @@ impl Service {
                                 )
                             })
                             .collect();
+                        let qos = new_qos(&volume, &clock)?;
                         open.insert(
                             volume.volume_id.clone(),
                             OpenVolume {
                                 store: Arc::new(store),
                                 counters: Arc::default(),
+                                qos,
                                 revocations,
                             },
                         );
@@ -232,6 +274,7 @@ impl Service {
         }
         let service = Arc::new(Service {
             config,
+            clock,
             state: Mutex::new(ServiceState { table, open }),
         });
         service.persist(&service.lock())?;
@@ -279,11 +322,13 @@ impl Service {
         let directory = self.volume_directory(&volume.volume_id);
         match BlockStore::create(&directory, volume.size_bytes()) {
             Ok(store) => {
+                let qos = new_qos(&volume, &self.clock)?;
                 state.open.insert(
                     volume.volume_id.clone(),
                     OpenVolume {
                         store: Arc::new(store),
                         counters: Arc::default(),
+                        qos,
                         revocations: HashMap::new(),
                     },
                 );
@@ -352,6 +397,14 @@ impl Service {
                 return Err(error.into());
             }
         }
+        let volume = state.table.get(&request.volume_id)?.clone();
+        if let Some(open) = state.open.get(&request.volume_id) {
+            open.qos.set_policy(QosPolicy::for_volume(
+                volume.volume_type,
+                volume.size,
+                &volume.performance()?,
+            ));
+        }
         self.persist(&state)?;
         Ok(modification)
     }
@@ -418,6 +471,7 @@ impl Service {
                     read_bytes: counters.read_bytes.load(Ordering::Relaxed),
                     write_ops: counters.write_ops.load(Ordering::Relaxed),
                     write_bytes: counters.write_bytes.load(Ordering::Relaxed),
+                    qos: open.qos.snapshot(),
                 })
             })
             .collect()
@@ -476,8 +530,9 @@ impl ExportProvider for Service {
             volume_id: grant.volume_id,
             store: Arc::clone(&open.store),
             read_only: grant.read_only,
-            throttle: Some(Arc::new(CountingThrottle {
+            throttle: Some(Arc::new(VolumeThrottle {
                 counters: Arc::clone(&open.counters),
+                qos: Arc::clone(&open.qos),
             })),
             revoked,
         })
