@@ -130,7 +130,7 @@ fn writer(
             return;
         }
         operations += 1;
-        if operations % 8 == 0 {
+        if operations & 7 == 0 {
             let covered = std::mem::take(&mut acknowledged_not_durable);
             if client.flush().is_err() {
                 return;
