@@ -65,6 +65,11 @@ measure() {
     local output
     output="$(taskset -c 1 wrk -t1 -c"$connections" -d"${duration}s" --latency "$@")"
     echo "$output" >> "$work_dir/wrk.log"
+    if echo "$output" | grep -q "Non-2xx"; then
+        echo "bench-imds: some responses were not 200:" >&2
+        echo "$output" >&2
+        exit 1
+    fi
     local rps p50 p99
     rps="$(echo "$output" | awk '/Requests\/sec/ {print $2}')"
     p50="$(echo "$output" | awk '$1 == "50%" {print $2}')"
@@ -78,12 +83,15 @@ to_ms() {
         printf "%.3f", number }'
 }
 
-read -r get_rps get_p50 get_p99 < <(measure -H "X-aws-ec2-metadata-token: $token" \
-    "$base/latest/meta-data/placement/availability-zone")
-read -r put_rps put_p50 put_p99 < <(measure -s "$work_dir/put.lua" "$base/latest/api/token")
+load_before="$(cut -d' ' -f1 /proc/loadavg)"
+get_result="$(measure -H "X-aws-ec2-metadata-token: $token" \
+    "$base/latest/meta-data/placement/availability-zone")"
+put_result="$(measure -s "$work_dir/put.lua" "$base/latest/api/token")"
+read -r get_rps get_p50 get_p99 <<< "$get_result"
+read -r put_rps put_p50 put_p99 <<< "$put_result"
 
 echo
-echo "imdsd on 1 core, wrk -t1 -c$connections -d${duration}s --latency, loopback ($(nproc) CPUs, $(uname -r))"
+echo "imdsd on 1 core, wrk -t1 -c$connections -d${duration}s --latency, loopback ($(nproc) CPUs, $(uname -r), load average before: $load_before)"
 echo
 echo "| request | req/s | p50 (ms) | p99 (ms) |"
 echo "| --- | ---: | ---: | ---: |"

@@ -131,14 +131,20 @@ impl ServerState {
     }
 }
 
-/// Accepts connections until the listener fails; each connection runs in its own task.
+/// Accepts connections forever; each connection runs in its own task.
 pub async fn serve(listener: TcpListener, state: Arc<ServerState>) -> Result<(), ImdsError> {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let (stream, peer) = listener.accept().await.map_err(|source| ImdsError::Io {
-            what: "accept".to_string(),
-            source,
-        })?;
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Out of fds or a connection reset before accept: transient, keep serving
+                // the connections we have and try again shortly.
+                log::warn!("accept failed: {error}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
         let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
             log::warn!("connection limit {MAX_CONNECTIONS} reached; closing {peer}");
             continue;

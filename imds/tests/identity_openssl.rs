@@ -151,8 +151,24 @@ fn served_identity_document_verifies_with_openssl() {
         String::from_utf8_lossy(&cms.stderr)
     );
 
+    // The certificate the daemon publishes is the one that verifies.
+    let published = run_ok(
+        Command::new(env!("CARGO_BIN_EXE_imdsd"))
+            .arg("--config")
+            .arg(&daemon.config_path)
+            .args([
+                "--signing-key",
+                &key,
+                "--signing-cert",
+                &cert,
+                "--print-certificate",
+            ]),
+    );
+    std::fs::write(dir.join("published.pem"), &published).expect("write");
+    assert!(verify_pkcs7("document", "published.pem").status.success());
+
     // The RSA-SHA256 signature against the certificate's public key.
-    let public_key = openssl(&["x509", "-pubkey", "-noout", "-in", "host-cert.pem"], &dir);
+    let public_key = openssl(&["x509", "-pubkey", "-noout", "-in", "published.pem"], &dir);
     std::fs::write(dir.join("host-pub.pem"), &public_key.stdout).expect("write");
     let verify_signature = |content: &str| {
         openssl(

@@ -36,6 +36,9 @@ struct Cli {
     /// With --describe (implied): print the description as JSON.
     #[arg(long)]
     json: bool,
+    /// Print the PEM certificate guests verify the identity document with, and exit.
+    #[arg(long)]
+    print_certificate: bool,
     /// Seconds between checks of the config file for changes (0: only SIGHUP reloads).
     #[arg(long, default_value_t = 1)]
     watch_interval: u64,
@@ -91,6 +94,15 @@ fn describe(cli: &Cli) -> Result<()> {
 fn main() -> Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
+    if cli.print_certificate {
+        let signing = cli.signing_key.as_deref().zip(cli.signing_cert.as_deref());
+        let loaded = load_config(&cli.config, signing)?;
+        let signer = loaded
+            .signer
+            .context("no signing key configured (config `signing` or --signing-key)")?;
+        print!("{}", signer.certificate_pem());
+        return Ok(());
+    }
     if cli.describe || cli.json {
         return describe(&cli);
     }
