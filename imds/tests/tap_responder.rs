@@ -80,6 +80,7 @@ struct VmmLoop {
     thread: Option<JoinHandle<()>>,
     /// Every frame the responder sent to the guest.
     sent: Arc<Mutex<Vec<Vec<u8>>>>,
+    responder: Arc<Mutex<ImdsResponder>>,
 }
 
 impl Drop for VmmLoop {
@@ -92,15 +93,19 @@ impl Drop for VmmLoop {
 }
 
 /// The loop a VMM's virtio-net device would run around the responder.
-fn start_vmm_loop(mut tap: File, mut responder: ImdsResponder) -> VmmLoop {
+fn start_vmm_loop(mut tap: File, responder: ImdsResponder) -> VmmLoop {
     let stop = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(Mutex::new(Vec::new()));
-    let (stop_flag, sent_log) = (Arc::clone(&stop), Arc::clone(&sent));
+    let responder = Arc::new(Mutex::new(responder));
+    let (stop_flag, sent_log, shared) =
+        (Arc::clone(&stop), Arc::clone(&sent), Arc::clone(&responder));
     let thread = std::thread::spawn(move || {
         let mut frame = vec![0u8; 65536];
         while !stop_flag.load(Ordering::SeqCst) {
             let now = Instant::now();
-            let wait_ms = responder
+            let wait_ms = shared
+                .lock()
+                .expect("responder lock")
                 .poll_at(now)
                 .map(|at| at.saturating_duration_since(now).as_millis().min(20) as i32)
                 .unwrap_or(20);
@@ -111,6 +116,7 @@ fn start_vmm_loop(mut tap: File, mut responder: ImdsResponder) -> VmmLoop {
             };
             // SAFETY: one valid pollfd on our stack, count 1.
             unsafe { libc::poll(&mut poll_fd, 1, wait_ms) };
+            let mut responder = shared.lock().expect("responder lock");
             loop {
                 match tap.read(&mut frame) {
                     Ok(length) if length > 0 => {
@@ -131,7 +137,49 @@ fn start_vmm_loop(mut tap: File, mut responder: ImdsResponder) -> VmmLoop {
         stop,
         thread: Some(thread),
         sent,
+        responder,
     }
+}
+
+/// A namespace playing the guest: a tap (whose other end this process holds) with
+/// GUEST_ADDRESS and 169.254.169.254 routed on-link to it.
+fn guest_namespace(suffix: &str) -> (Namespace, String, File) {
+    let tag = std::process::id() % 10_000;
+    let namespace = Namespace(format!("imds-guest-{suffix}-{tag}"));
+    let tap_name = format!("imds{suffix}{tag}");
+    ip(&["netns", "add", &namespace.0]);
+    let tap = open_tap(&tap_name);
+    ip(&["link", "set", "dev", &tap_name, "netns", &namespace.0]);
+    in_namespace(&namespace.0, &["link", "set", "lo", "up"]);
+    in_namespace(
+        &namespace.0,
+        &["link", "set", &tap_name, "address", "02:00:00:00:00:01"],
+    );
+    in_namespace(
+        &namespace.0,
+        &["addr", "add", GUEST_ADDRESS, "dev", &tap_name],
+    );
+    in_namespace(&namespace.0, &["link", "set", &tap_name, "up"]);
+    in_namespace(
+        &namespace.0,
+        &["route", "add", "169.254.169.254/32", "dev", &tap_name],
+    );
+    (namespace, tap_name, tap)
+}
+
+fn in_namespace(namespace: &str, args: &[&str]) {
+    let mut full = vec!["netns", "exec", namespace, "ip"];
+    full.extend_from_slice(args);
+    ip(&full);
+}
+
+fn record_with(options: serde_json::Value) -> imds::InstanceRecord {
+    serde_json::from_value(instance_json(
+        "i-0ccccccccccccccc3",
+        "172.31.16.10",
+        options,
+    ))
+    .expect("record")
 }
 
 fn curl_in(namespace: &str, args: &[&str]) -> String {
@@ -147,30 +195,10 @@ fn curl_in(namespace: &str, args: &[&str]) -> String {
 #[test]
 fn linux_guest_stack_and_curl_through_the_responder() {
     system_tool("curl");
-    let tag = std::process::id() % 100_000;
-    let namespace = Namespace(format!("imds-guest-{tag}"));
-    let tap_name = format!("imdstap{tag}");
-    ip(&["netns", "add", &namespace.0]);
-    let tap = open_tap(&tap_name);
-    ip(&["link", "set", "dev", &tap_name, "netns", &namespace.0]);
-    let in_ns = |args: &[&str]| {
-        let mut full = vec!["netns", "exec", &namespace.0, "ip"];
-        full.extend_from_slice(args);
-        ip(&full);
-    };
-    in_ns(&["link", "set", "lo", "up"]);
-    in_ns(&["link", "set", &tap_name, "address", "02:00:00:00:00:01"]);
-    in_ns(&["addr", "add", GUEST_ADDRESS, "dev", &tap_name]);
-    in_ns(&["link", "set", &tap_name, "up"]);
-    in_ns(&["route", "add", "169.254.169.254/32", "dev", &tap_name]);
-
-    let mut record: imds::InstanceRecord = serde_json::from_value(instance_json(
-        "i-0ccccccccccccccc3",
-        "172.31.16.10",
+    let (namespace, _tap_name, tap) = guest_namespace("a");
+    let record = record_with(
         serde_json::json!({"http_tokens": "required", "http_put_response_hop_limit": HOP_LIMIT}),
-    ))
-    .expect("record");
-    record.metadata_options.requests_per_second = 0;
+    );
     let responder = ImdsResponder::new(&record, ResponderConfig::default()).expect("responder");
     let vmm = start_vmm_loop(tap, responder);
 
@@ -233,4 +261,108 @@ fn linux_guest_stack_and_curl_through_the_responder() {
     };
     assert_eq!(ttl_of(token.as_bytes()), vec![HOP_LIMIT]);
     assert_eq!(ttl_of(b"i-0ccccccccccccccc3"), vec![64]);
+}
+
+/// Exit status of curl (28: timed out) and its output.
+fn curl_status_in(namespace: &str, args: &[&str]) -> (Option<i32>, String) {
+    let output = Command::new(system_tool("ip"))
+        .args(["netns", "exec", namespace])
+        .arg(system_tool("curl"))
+        .args(["-s", "--max-time", "3"])
+        .args(args)
+        .output()
+        .expect("run curl");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn token_does_not_survive_an_extra_hop_unless_the_hop_limit_allows_it() {
+    system_tool("curl");
+    // guest namespace (router, forwarding) <- veth -> container namespace behind it.
+    let (guest, _tap_name, tap) = guest_namespace("h");
+    let tag = std::process::id() % 10_000;
+    let container = Namespace(format!("imds-container-{tag}"));
+    ip(&["netns", "add", &container.0]);
+    let (router_side, container_side) = (format!("imdsvr{tag}"), format!("imdsvc{tag}"));
+    ip(&[
+        "link",
+        "add",
+        &router_side,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &container_side,
+    ]);
+    ip(&["link", "set", &router_side, "netns", &guest.0]);
+    ip(&["link", "set", &container_side, "netns", &container.0]);
+    in_namespace(
+        &guest.0,
+        &["addr", "add", "10.88.0.1/24", "dev", &router_side],
+    );
+    in_namespace(&guest.0, &["link", "set", &router_side, "up"]);
+    run_ok(
+        Command::new(system_tool("ip"))
+            .args(["netns", "exec", &guest.0])
+            .args(["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]),
+    );
+    in_namespace(&container.0, &["link", "set", "lo", "up"]);
+    in_namespace(
+        &container.0,
+        &["addr", "add", "10.88.0.2/24", "dev", &container_side],
+    );
+    in_namespace(&container.0, &["link", "set", &container_side, "up"]);
+    in_namespace(
+        &container.0,
+        &["route", "add", "default", "via", "10.88.0.1"],
+    );
+
+    let record = record_with(serde_json::json!({"http_put_response_hop_limit": 1}));
+    let responder = ImdsResponder::new(&record, ResponderConfig::default()).expect("responder");
+    let vmm = start_vmm_loop(tap, responder);
+    let token_put = [
+        "-X",
+        "PUT",
+        "-H",
+        "X-aws-ec2-metadata-token-ttl-seconds: 60",
+        "http://169.254.169.254/latest/api/token",
+    ];
+    let instance_id = ["http://169.254.169.254/latest/meta-data/instance-id"];
+
+    // Hop limit 1: the guest itself gets a token...
+    let (status, token) = curl_status_in(&guest.0, &token_put);
+    assert_eq!(status, Some(0));
+    assert!(token.len() > 20);
+    // ...a container one hop further does not (the router drops the TTL-1 reply)...
+    let (status, _) = curl_status_in(&container.0, &token_put);
+    assert_eq!(
+        status,
+        Some(28),
+        "the token PUT must time out behind an extra hop"
+    );
+    // ...while IMDSv1 answers (TTL 64) still cross the hop, as on EC2.
+    let (status, body) = curl_status_in(&container.0, &instance_id);
+    assert_eq!((status, body.as_str()), (Some(0), "i-0ccccccccccccccc3"));
+
+    // Hop limit 2 (changed on the running responder): the container gets a token too.
+    let record = record_with(serde_json::json!({"http_put_response_hop_limit": 2}));
+    vmm.responder
+        .lock()
+        .expect("responder lock")
+        .update_instance(&record, None)
+        .expect("update");
+    let (status, token) = curl_status_in(&container.0, &token_put);
+    assert_eq!(status, Some(0));
+    let (status, body) = curl_status_in(
+        &container.0,
+        &[
+            "-H",
+            &format!("X-aws-ec2-metadata-token: {token}"),
+            "http://169.254.169.254/latest/meta-data/instance-id",
+        ],
+    );
+    assert_eq!((status, body.as_str()), (Some(0), "i-0ccccccccccccccc3"));
 }
