@@ -351,3 +351,36 @@ fn poll_at_reports_pending_retransmission() {
     let retransmitted = responder.poll_tx(deadline + Duration::from_millis(1));
     assert!(retransmitted.is_some(), "retransmits after the deadline");
 }
+
+#[test]
+fn requests_over_the_instance_rate_limit_get_503() {
+    let mut responder = responder(|record| record.metadata_options.requests_per_second = 2);
+    let mut clock = Instant::now();
+    let mut wire = Wire::default();
+    let mut guest = Guest::new(false);
+    guest.connect(40003);
+    exchange(&mut guest, &mut responder, &mut clock, &mut wire);
+    let statuses: Vec<String> = (0..4)
+        .map(|_| {
+            let response = request(
+                &mut guest,
+                &mut responder,
+                &mut clock,
+                &mut wire,
+                "GET /latest/meta-data/instance-id HTTP/1.1\r\n\r\n",
+            );
+            response.split(' ').nth(1).unwrap_or_default().to_string()
+        })
+        .collect();
+    assert_eq!(statuses, ["200", "200", "503", "503"]);
+    // A second later the bucket has refilled.
+    clock += Duration::from_secs(1);
+    let response = request(
+        &mut guest,
+        &mut responder,
+        &mut clock,
+        &mut wire,
+        "GET /latest/meta-data/instance-id HTTP/1.1\r\n\r\n",
+    );
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+}
