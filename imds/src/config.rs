@@ -150,11 +150,11 @@ pub struct ScheduledEvent {
     pub event_id: String,
     pub not_before: String,
     pub not_after: String,
-    #[serde(default = "scheduled")]
+    #[serde(default = "default_event_state")]
     pub state: String,
 }
 
-fn scheduled() -> String {
+fn default_event_state() -> String {
     "active".to_string()
 }
 

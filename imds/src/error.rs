@@ -26,6 +26,10 @@ pub enum ImdsError {
     SigningMaterial(String),
     #[error("signing the identity document failed: {0}")]
     Signing(String),
+    #[error("sealing a token failed")]
+    TokenSeal,
+    #[error("in-VMM network stack: {0}")]
+    Netstack(String),
     #[error("no randomness from the operating system: {0}")]
     Randomness(String),
     #[error("I/O on {what}: {source}")]

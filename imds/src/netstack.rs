@@ -218,7 +218,7 @@ impl ImdsResponder {
             );
             socket
                 .listen(HTTP_PORT)
-                .map_err(|error| ImdsError::Signing(format!("listen: {error:?}")))?;
+                .map_err(|error| ImdsError::Netstack(format!("listen on port 80: {error:?}")))?;
             socket.set_nagle_enabled(false);
             connections.push((sockets.add(socket), Connection::default()));
         }

@@ -59,7 +59,7 @@ impl TokenSealer {
                     aad: instance_id.as_bytes(),
                 },
             )
-            .map_err(|_| ImdsError::Signing("token encryption failed".to_string()))?;
+            .map_err(|_| ImdsError::TokenSeal)?;
         let mut raw = Vec::with_capacity(NONCE_LEN + ciphertext.len());
         raw.extend_from_slice(&nonce);
         raw.extend_from_slice(&ciphertext);

@@ -28,6 +28,11 @@ if [ "${#missing_packages[@]}" -gt 0 ]; then
     apt-get install -y -qq --no-install-recommends "${missing_packages[@]}"
 fi
 
+# The tests import cloud-init's modules; cloud-init must never run at this machine's boot.
+if [ -d /etc/cloud ] && [ ! -e /etc/cloud/cloud-init.disabled ]; then
+    touch /etc/cloud/cloud-init.disabled
+fi
+
 # Debian's interpreter: cloud-init's modules live in its dist-packages, and the venv is
 # built from it too so one python serves every test.
 system_python=/usr/bin/python3
