@@ -15,7 +15,7 @@ pub const MIN_MEM_MIB: u32 = 32;
 /// Largest guest memory we accept (1 TiB).
 pub const MAX_MEM_MIB: u32 = 1 << 20;
 
-pub const DEFAULT_BOOT_ARGS: &str = "console=ttyS0 reboot=k panic=1 i8042.noaux i8042.nomux";
+pub const DEFAULT_BOOT_ARGS: &str = "console=ttyS0 panic=1 i8042.noaux i8042.nomux";
 
 /// A validation failure that names the offending field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -17,7 +17,7 @@ use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::arch::{acpi, cpuid, layout, regs, smbios};
+use crate::arch::{acpi, cpuid, layout, regs, reset_vector, smbios};
 use crate::boot::{self, BootError, BootSetup, KernelEntry};
 use crate::config::{BootSource, MachineConfig, VmConfig};
 use crate::vcpu::{ExitReason, ExitSignal, VcpuContext, VcpuHandle};
@@ -226,6 +226,10 @@ impl Vm {
 
         let rsdp = acpi::write_tables(&mem, machine.vcpu_count)?;
         smbios::write_tables(&mem, &machine.smbios)?;
+        reset_vector::write(&mem).map_err(|e| VmError::Memory {
+            mib: machine.mem_size_mib,
+            detail: format!("reset vector: {e}"),
+        })?;
 
         let supported_cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)

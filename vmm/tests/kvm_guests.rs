@@ -220,6 +220,18 @@ fn serial_input_interrupt_reaches_the_guest_through_irqfd() {
     assert_eq!(console.text(), "RZ");
 }
 
+/// What Linux does when every other reboot method is exhausted: back to
+/// real mode and a far jump to the reset vector, where our stub resets.
+#[test]
+fn jump_to_the_reset_vector_resets_the_vm() {
+    let (mut vm, _console) = new_vm(1);
+    // jmp far 0xf000:0xfff0
+    enter_real_mode(&vm, &[0xEA, 0xF0, 0xFF, 0x00, 0xF0]);
+    vm.start().unwrap();
+    assert_eq!(vm.wait_for_exit(TIMEOUT), Some(ExitReason::GuestReset));
+    vm.stop();
+}
+
 #[test]
 fn instruction_fetch_from_mmio_is_a_vcpu_fault() {
     let (mut vm, _console) = new_vm(1);

@@ -6,4 +6,5 @@ pub mod cpuid;
 pub mod gdt;
 pub mod layout;
 pub mod regs;
+pub mod reset_vector;
 pub mod smbios;
