@@ -2,9 +2,9 @@
 //! source address, reloadable without dropping connections.
 //!
 //! Each connection is one task that parses pipelined requests from a bounded buffer. A
-//! request must arrive completely within [`REQUEST_TIMEOUT`] of its first byte and an idle
-//! keep-alive connection closes after [`IDLE_TIMEOUT`], so slow or stuck clients cost one
-//! small task and never block anyone else. Reloading swaps an `Arc` to a new instance
+//! request must arrive completely within [`ConnectionLimits::request_timeout`] of its first
+//! byte and an idle keep-alive connection closes after [`ConnectionLimits::idle_timeout`],
+//! so slow or stuck clients cost one small task and never block anyone else. Reloading swaps an `Arc` to a new instance
 //! table: requests in flight finish against the old one, the next use the new one.
 
 use std::collections::HashMap;
@@ -28,9 +28,26 @@ use crate::ratelimit::{throttled_response, RateLimiter};
 use crate::timefmt::{http_date, unix_seconds};
 use crate::token::TokenSealer;
 
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-pub const MAX_CONNECTIONS: usize = 4096;
+/// Bounds on what one client can hold.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectionLimits {
+    /// A request must be complete this long after its first byte.
+    pub request_timeout: Duration,
+    /// A keep-alive connection with nothing in flight closes after this.
+    pub idle_timeout: Duration,
+    /// Connections beyond this are closed as soon as they are accepted.
+    pub max_connections: usize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            request_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 4096,
+        }
+    }
+}
 const READ_CHUNK: usize = 4096;
 
 /// One instance as the daemon serves it.
@@ -132,8 +149,12 @@ impl ServerState {
 }
 
 /// Accepts connections forever; each connection runs in its own task.
-pub async fn serve(listener: TcpListener, state: Arc<ServerState>) -> Result<(), ImdsError> {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<ServerState>,
+    limits: ConnectionLimits,
+) -> Result<(), ImdsError> {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -146,12 +167,15 @@ pub async fn serve(listener: TcpListener, state: Arc<ServerState>) -> Result<(),
             }
         };
         let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-            log::warn!("connection limit {MAX_CONNECTIONS} reached; closing {peer}");
+            log::warn!(
+                "connection limit {} reached; closing {peer}",
+                limits.max_connections
+            );
             continue;
         };
         let state = Arc::clone(&state);
         tokio::spawn(async move {
-            if let Err(error) = serve_connection(stream, peer, &state).await {
+            if let Err(error) = serve_connection(stream, peer, &state, limits).await {
                 log::debug!("connection {peer}: {error}");
             }
             drop(slot);
@@ -163,6 +187,7 @@ async fn serve_connection(
     mut stream: TcpStream,
     peer: SocketAddr,
     state: &ServerState,
+    limits: ConnectionLimits,
 ) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
     let mut buffer: Vec<u8> = Vec::with_capacity(READ_CHUNK);
@@ -227,14 +252,17 @@ async fn serve_connection(
             request_started.or(Some(now))
         };
         let wait = match request_started {
-            Some(started) => REQUEST_TIMEOUT.saturating_sub(started.elapsed()),
-            None => IDLE_TIMEOUT,
+            Some(started) => limits.request_timeout.saturating_sub(started.elapsed()),
+            None => limits.idle_timeout,
         };
         let read = match tokio::time::timeout(wait, stream.read(&mut chunk)).await {
             Ok(result) => result?,
             Err(_elapsed) => {
                 if request_started.is_some() {
-                    log::debug!("{peer}: request not complete within {REQUEST_TIMEOUT:?}");
+                    log::debug!(
+                        "{peer}: request not complete within {:?}",
+                        limits.request_timeout
+                    );
                 }
                 return Ok(());
             }

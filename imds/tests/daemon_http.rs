@@ -336,3 +336,60 @@ fn token_responses_leave_with_the_hop_limit_as_ip_ttl() {
         .collect();
     assert_eq!(ttls, vec!["3", "64"], "capture:\n{capture}");
 }
+
+fn closed_by_server(stream: &mut std::net::TcpStream, within: Duration) -> bool {
+    use std::io::Read;
+    stream.set_read_timeout(Some(within)).expect("timeout");
+    let mut byte = [0u8; 1];
+    matches!(stream.read(&mut byte), Ok(0))
+}
+
+#[test]
+fn slow_idle_and_surplus_clients_are_cut_off_without_hurting_others() {
+    let dir = scratch_dir("limits");
+    let config = host_config(vec![instance_json(INSTANCE_A, "127.0.0.1", json!({}))]);
+    let daemon = Daemon::start(
+        &dir,
+        &config,
+        &[
+            "--request-timeout-ms",
+            "500",
+            "--idle-timeout-ms",
+            "1500",
+            "--max-connections",
+            "3",
+        ],
+    );
+    let request = "GET /latest/meta-data/instance-id HTTP/1.1\r\n\r\n";
+    let mut good = connect(daemon.port);
+    assert_eq!(send(&mut good, request).body, INSTANCE_A);
+
+    // Slowloris: half a request, then silence. Closed after the request timeout.
+    let mut slow = connect(daemon.port);
+    slow.write_all(b"GET /latest/meta-data/ HTTP/1.1\r\nX-Slow: ")
+        .expect("write");
+    let started = std::time::Instant::now();
+    assert!(closed_by_server(&mut slow, Duration::from_secs(3)));
+    assert!(
+        started.elapsed() >= Duration::from_millis(400),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // Surplus: with `good` and one more open, the fourth connection is closed at once.
+    let mut second = connect(daemon.port);
+    assert_eq!(send(&mut second, request).body, INSTANCE_A);
+    let mut third = connect(daemon.port);
+    assert_eq!(send(&mut third, request).body, INSTANCE_A);
+    let mut surplus = connect(daemon.port);
+    // Well before the idle timeout could be the reason.
+    assert!(closed_by_server(&mut surplus, Duration::from_millis(700)));
+    assert_eq!(
+        send(&mut good, request).body,
+        INSTANCE_A,
+        "others unaffected"
+    );
+
+    // Idle keep-alive connections close after the idle timeout.
+    assert!(closed_by_server(&mut second, Duration::from_secs(3)));
+}

@@ -13,7 +13,9 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use serde_json::json;
 
-use imds::server::{handler_for, load_config, serve, InstanceTable, Reloader, ServerState};
+use imds::server::{
+    handler_for, load_config, serve, ConnectionLimits, InstanceTable, Reloader, ServerState,
+};
 
 #[derive(Parser, Debug)]
 #[command(name = "imdsd", about = "EC2-compatible instance metadata daemon")]
@@ -39,6 +41,15 @@ struct Cli {
     /// Print the PEM certificate guests verify the identity document with, and exit.
     #[arg(long)]
     print_certificate: bool,
+    /// Milliseconds a request may take from its first byte to its last.
+    #[arg(long, default_value_t = 10_000)]
+    request_timeout_ms: u64,
+    /// Milliseconds an idle keep-alive connection stays open.
+    #[arg(long, default_value_t = 60_000)]
+    idle_timeout_ms: u64,
+    /// Connections served at once; more are closed on accept.
+    #[arg(long, default_value_t = 4096)]
+    max_connections: usize,
     /// Seconds between checks of the config file for changes (0: only SIGHUP reloads).
     #[arg(long, default_value_t = 1)]
     watch_interval: u64,
@@ -130,6 +141,11 @@ async fn run(cli: Cli) -> Result<()> {
     );
     let state = Arc::new(ServerState::new(handler_for(&loaded.config)?, table));
 
+    let limits = ConnectionLimits {
+        request_timeout: Duration::from_millis(cli.request_timeout_ms),
+        idle_timeout: Duration::from_millis(cli.idle_timeout_ms),
+        max_connections: cli.max_connections.max(1),
+    };
     let mut servers = tokio::task::JoinSet::new();
     for address in &cli.listen {
         let listener = tokio::net::TcpListener::bind(address)
@@ -138,7 +154,7 @@ async fn run(cli: Cli) -> Result<()> {
         let bound = listener.local_addr()?;
         // Tests and scripts read this line to learn the port when asked for port 0.
         println!("imdsd listening on {bound}");
-        servers.spawn(serve(listener, Arc::clone(&state)));
+        servers.spawn(serve(listener, Arc::clone(&state), limits));
     }
 
     let reloader = Arc::new(Reloader {
