@@ -393,3 +393,42 @@ fn slow_idle_and_surplus_clients_are_cut_off_without_hurting_others() {
     // Idle keep-alive connections close after the idle timeout.
     assert!(closed_by_server(&mut second, Duration::from_secs(3)));
 }
+
+#[test]
+fn toml_config_serves_the_same_instance() {
+    let dir = scratch_dir("toml");
+    let config = host_config(vec![instance_json(INSTANCE_A, "127.0.0.1", json!({}))]);
+    let toml_path = dir.join("imdsd.toml");
+    std::fs::write(&toml_path, toml::to_string(&config).expect("as TOML")).expect("write");
+    let mut daemon_process = Command::new(env!("CARGO_BIN_EXE_imdsd"))
+        .arg("--config")
+        .arg(&toml_path)
+        .args(["--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start imdsd");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(daemon_process.stdout.take().expect("stdout")),
+        &mut line,
+    )
+    .expect("read port");
+    let port: u16 = line
+        .trim()
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("port");
+    let mut client = connect(port);
+    let response = send(
+        &mut client,
+        "GET /latest/meta-data/placement/region HTTP/1.1\r\n\r\n",
+    );
+    let _ = daemon_process.kill();
+    let _ = daemon_process.wait();
+    assert_eq!(
+        (response.status, response.body.as_str()),
+        (200, "eu-west-1")
+    );
+}
