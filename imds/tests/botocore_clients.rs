@@ -136,13 +136,15 @@ fn botocore_gets_nothing_from_a_disabled_endpoint() {
     );
 }
 
-#[test]
-fn aws_cli_reads_credentials_from_imds() {
-    let dir = scratch_dir("aws-cli");
+/// The aws CLI (v1, from pip) resolves credentials through botocore's IMDS provider; it
+/// takes no region from IMDS (`configure list` shows it unset), so only credentials are
+/// checked here.
+fn aws_cli_credentials(tokens: &str, v1_disabled: bool) {
+    let dir = scratch_dir(&format!("aws-cli-{tokens}-{v1_disabled}"));
     let config = host_config(vec![instance_json(
         INSTANCE_ID,
         "127.0.0.1",
-        serde_json::json!({"http_tokens": "required"}),
+        serde_json::json!({"http_tokens": tokens}),
     )]);
     let daemon = Daemon::start(&dir, &config, &[]);
     let aws = venv_tool("aws");
@@ -152,8 +154,10 @@ fn aws_cli_reads_credentials_from_imds() {
             "PATH",
             format!("{}:/usr/bin:/bin", venv_dir().join("bin").display()),
         )
-        .env("AWS_EC2_METADATA_V1_DISABLED", "true")
         .args(["configure", "list"]);
+    if v1_disabled {
+        command.env("AWS_EC2_METADATA_V1_DISABLED", "true");
+    }
     let listing = run_ok(&mut command);
     let access_key_line = listing
         .lines()
@@ -168,4 +172,14 @@ fn aws_cli_reads_credentials_from_imds() {
         "aws shows the last four characters of {expected:?}:\n{listing}"
     );
     assert!(token_was_used(&daemon.access_log()));
+}
+
+#[test]
+fn aws_cli_reads_credentials_with_v1_allowed() {
+    aws_cli_credentials("optional", false);
+}
+
+#[test]
+fn aws_cli_reads_credentials_with_tokens_required_and_v1_disabled() {
+    aws_cli_credentials("required", true);
 }
