@@ -10,6 +10,7 @@ mod address;
 pub mod bind;
 mod error;
 mod netlink;
+mod pool;
 mod sysfs;
 #[cfg(test)]
 mod testing;
@@ -18,5 +19,6 @@ pub mod vf;
 pub use address::{MacAddress, PciAddress};
 pub use error::{Error, Result};
 pub use netlink::NetlinkVfConfigurator;
+pub use pool::{Lease, Pool, PoolConfig, PoolEntry};
 pub use sysfs::{PhysicalFunction, Sysfs, VirtualFunction, WriteHook};
 pub use vf::{VfConfigurator, VfSettings};

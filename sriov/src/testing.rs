@@ -20,6 +20,9 @@ const IGB_VF_DEVICE: &str = "0x10ca";
 const ETHERNET_CLASS: &str = "0x020000";
 const BRIDGE_CLASS: &str = "0x060400";
 
+/// Above any pid_max the kernel allows (2^22), so no process has it.
+pub(crate) const DEAD_PID: u32 = 0x7fff_fff0;
+
 pub(crate) struct FakeHost {
     _dir: TempDir,
     root: PathBuf,
