@@ -19,6 +19,6 @@ pub mod vf;
 pub use address::{MacAddress, PciAddress};
 pub use error::{Error, Result};
 pub use netlink::NetlinkVfConfigurator;
-pub use pool::{Lease, Pool, PoolConfig, PoolEntry};
+pub use pool::{Lease, Pool, PoolConfig, PoolEntry, DEFAULT_POOL_DIR};
 pub use sysfs::{PhysicalFunction, Sysfs, VirtualFunction, WriteHook};
 pub use vf::{VfConfigurator, VfSettings};

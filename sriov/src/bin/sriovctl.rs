@@ -40,7 +40,7 @@ enum Command {
     /// Lease VFs to instances and give them back.
     Pool {
         /// The pool's state directory.
-        #[arg(long)]
+        #[arg(long, default_value = sriov::DEFAULT_POOL_DIR)]
         state_dir: PathBuf,
         /// Only VFs of these PFs (PCI addresses) belong to the pool; default: every PF.
         #[arg(long = "pf")]

@@ -26,6 +26,10 @@ use crate::sysfs::{Sysfs, VirtualFunction};
 use crate::vf::{VfConfigurator, VfSettings};
 use state::{holder_is_alive, process_start_time, LeaseRecord, LockedState, PoolState};
 
+/// The pool's state directory when none is given: on tmpfs, because a reboot removes the
+/// VFs and with them every lease.
+pub const DEFAULT_POOL_DIR: &str = "/run/sriov-pool";
+
 /// A VF handed to an instance: bound to vfio-pci, with the instance's MAC set on the PF's
 /// entry for the VF.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
