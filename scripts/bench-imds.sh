@@ -84,6 +84,7 @@ to_ms() {
 }
 
 load_before="$(cut -d' ' -f1 /proc/loadavg)"
+cpu_pressure="$(awk '/^some/ {sub("avg10=", "", $2); print $2 "%"}' /proc/pressure/cpu 2>/dev/null || echo n/a)"
 get_result="$(measure -H "X-aws-ec2-metadata-token: $token" \
     "$base/latest/meta-data/placement/availability-zone")"
 put_result="$(measure -s "$work_dir/put.lua" "$base/latest/api/token")"
@@ -91,7 +92,7 @@ read -r get_rps get_p50 get_p99 <<< "$get_result"
 read -r put_rps put_p50 put_p99 <<< "$put_result"
 
 echo
-echo "imdsd on 1 core, wrk -t1 -c$connections -d${duration}s --latency, loopback ($(nproc) CPUs, $(uname -r), load average before: $load_before)"
+echo "imdsd on 1 core, wrk -t1 -c$connections -d${duration}s --latency, loopback ($(nproc) CPUs, $(uname -r), load average before: $load_before, CPU pressure avg10: $cpu_pressure)"
 echo
 echo "| request | req/s | p50 (ms) | p99 (ms) |"
 echo "| --- | ---: | ---: | ---: |"

@@ -432,3 +432,61 @@ fn toml_config_serves_the_same_instance() {
         (200, "eu-west-1")
     );
 }
+
+#[test]
+fn ipv6_clients_are_served_and_get_the_hop_limit() {
+    let dir = scratch_dir("ipv6");
+    let config = host_config(vec![instance_json(
+        INSTANCE_A,
+        "::1",
+        json!({"http_put_response_hop_limit": 5}),
+    )]);
+    let daemon = Daemon::start(&dir, &config, &["--listen", "[::1]:0"]);
+    let port = daemon.ports[1];
+    // BPF cannot index TCP flags over IPv6; capture the token connection's first packets
+    // from the server (SYN-ACK, ACK, response) and pick those with a payload below.
+    let filter = format!("ip6 and tcp src port {port}");
+    let tcpdump = Command::new(system_tool("tcpdump"))
+        .args(["-i", "lo", "-nn", "-v", "-l", "-c", "3", &filter])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start tcpdump");
+    std::thread::sleep(Duration::from_millis(700));
+    let (status, token) = curl(&[
+        "-g",
+        "-X",
+        "PUT",
+        "-H",
+        "X-aws-ec2-metadata-token-ttl-seconds: 60",
+        &format!("http://[::1]:{port}/latest/api/token"),
+    ]);
+    assert_eq!(status, 200);
+    let (status, body) = curl(&[
+        "-g",
+        "-H",
+        &format!("X-aws-ec2-metadata-token: {token}"),
+        &format!("http://[::1]:{port}/latest/meta-data/instance-id"),
+    ]);
+    assert_eq!((status, body.as_str()), (200, INSTANCE_A));
+    let output = tcpdump.wait_with_output().expect("tcpdump");
+    let capture = String::from_utf8_lossy(&output.stdout);
+    // "(flowlabel 0x..., hlim 5, next-header TCP (6) payload length: 290)"; a bare ACK or
+    // SYN-ACK is at most 40 bytes of TCP header.
+    let data_hop_limits: Vec<&str> = capture
+        .lines()
+        .filter(|line| {
+            line.split("payload length: ")
+                .nth(1)
+                .and_then(|rest| rest.split(')').next()?.parse::<u32>().ok())
+                .is_some_and(|length| length > 40)
+        })
+        .filter_map(|line| line.split("hlim ").nth(1)?.split(',').next())
+        .collect();
+    assert_eq!(data_hop_limits, vec!["5"], "capture:\n{capture}");
+    // 127.0.0.1 is not this instance's address any more.
+    assert_eq!(
+        curl(&[&format!("{}/latest/meta-data/", daemon.endpoint())]).0,
+        403
+    );
+}

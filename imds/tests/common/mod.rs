@@ -101,6 +101,8 @@ pub fn host_config(instances: Vec<serde_json::Value>) -> serde_json::Value {
 pub struct Daemon {
     child: Child,
     pub port: u16,
+    /// Every listener's port, in --listen order (`port` is the first, on 127.0.0.1).
+    pub ports: Vec<u16>,
     pub config_path: PathBuf,
     log: Arc<Mutex<Vec<String>>>,
 }
@@ -124,16 +126,22 @@ impl Daemon {
             .spawn()
             .expect("start imdsd");
         let stdout = child.stdout.take().expect("stdout piped");
-        let mut first_line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut first_line)
-            .expect("read imdsd stdout");
-        let port = first_line
-            .trim()
-            .rsplit(':')
-            .next()
-            .and_then(|port| port.parse().ok())
-            .unwrap_or_else(|| panic!("imdsd did not report its port: {first_line:?}"));
+        let mut reader = BufReader::new(stdout);
+        // One "listening on" line per --listen: ours first, then any in extra_args.
+        let listeners = 1 + extra_args.iter().filter(|arg| **arg == "--listen").count();
+        let mut ports = Vec::with_capacity(listeners);
+        for _ in 0..listeners {
+            let mut line = String::new();
+            reader.read_line(&mut line).expect("read imdsd stdout");
+            let port: u16 = line
+                .trim()
+                .rsplit(':')
+                .next()
+                .and_then(|port| port.parse().ok())
+                .unwrap_or_else(|| panic!("imdsd did not report its port: {line:?}"));
+            ports.push(port);
+        }
+        let port = ports[0];
         let log = Arc::new(Mutex::new(Vec::new()));
         let stderr = child.stderr.take().expect("stderr piped");
         let sink = Arc::clone(&log);
@@ -145,6 +153,7 @@ impl Daemon {
         Daemon {
             child,
             port,
+            ports,
             config_path,
             log,
         }
