@@ -159,6 +159,142 @@ pub struct SerialConfig {
     pub output_path: Option<PathBuf>,
 }
 
+/// A virtio-blk drive backed by a raw file (instance store or image).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DriveConfig {
+    pub drive_id: String,
+    pub path_on_host: PathBuf,
+    #[serde(default)]
+    pub is_read_only: bool,
+    /// Serial number the guest sees (/dev/disk/by-id/virtio-<serial>);
+    /// defaults to the drive id. At most 20 bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+    #[serde(default = "one_queue")]
+    pub num_queues: u16,
+}
+
+fn one_queue() -> u16 {
+    1
+}
+
+impl DriveConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let id_ok = !self.drive_id.is_empty()
+            && self.drive_id.len() <= 64
+            && self
+                .drive_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !id_ok {
+            return Err(ConfigError::new(
+                "drive_id",
+                format!(
+                    "{:?} must be 1-64 characters of [A-Za-z0-9_-]",
+                    self.drive_id
+                ),
+            ));
+        }
+        match std::fs::metadata(&self.path_on_host) {
+            Ok(m)
+                if m.is_file()
+                    || std::os::unix::fs::FileTypeExt::is_block_device(&m.file_type()) =>
+            {
+                if m.is_file() && !m.len().is_multiple_of(512) {
+                    return Err(ConfigError::new(
+                        "path_on_host",
+                        format!(
+                            "{}: size {} is not a multiple of 512 bytes",
+                            self.path_on_host.display(),
+                            m.len()
+                        ),
+                    ));
+                }
+            }
+            Ok(_) => {
+                return Err(ConfigError::new(
+                    "path_on_host",
+                    format!(
+                        "{} is not a regular file or block device",
+                        self.path_on_host.display()
+                    ),
+                ))
+            }
+            Err(e) => {
+                return Err(ConfigError::new(
+                    "path_on_host",
+                    format!("cannot access {}: {e}", self.path_on_host.display()),
+                ))
+            }
+        }
+        if let Some(s) = &self.serial {
+            if s.is_empty() || s.len() > 20 || !s.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(ConfigError::new(
+                    "serial",
+                    "must be 1-20 printable ASCII characters",
+                ));
+            }
+        }
+        if !(1..=16).contains(&self.num_queues) {
+            return Err(ConfigError::new(
+                "num_queues",
+                format!("must be between 1 and 16, got {}", self.num_queues),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Parse the CLI form `id=ID,path=FILE[,ro=on][,serial=S][,queues=N]`.
+    pub fn from_cli(spec: &str) -> Result<Self, ConfigError> {
+        let mut id = None;
+        let mut path = None;
+        let mut read_only = false;
+        let mut serial = None;
+        let mut queues = 1u16;
+        for part in spec.split(',') {
+            let (k, v) = part
+                .split_once('=')
+                .ok_or_else(|| ConfigError::new("--drive", format!("{part:?} is not key=value")))?;
+            match k {
+                "id" => id = Some(v.to_string()),
+                "path" => path = Some(PathBuf::from(v)),
+                "ro" | "readonly" => {
+                    read_only = match v {
+                        "on" | "true" | "yes" | "1" => true,
+                        "off" | "false" | "no" | "0" => false,
+                        _ => {
+                            return Err(ConfigError::new(
+                                "--drive",
+                                format!("ro={v}: use on or off"),
+                            ))
+                        }
+                    }
+                }
+                "serial" => serial = Some(v.to_string()),
+                "queues" => {
+                    queues = v.parse().map_err(|_| {
+                        ConfigError::new("--drive", format!("queues={v} is not a number"))
+                    })?
+                }
+                other => {
+                    return Err(ConfigError::new(
+                        "--drive",
+                        format!("unknown key {other:?} (known: id, path, ro, serial, queues)"),
+                    ))
+                }
+            }
+        }
+        Ok(Self {
+            drive_id: id.ok_or_else(|| ConfigError::new("--drive", "id= is required"))?,
+            path_on_host: path.ok_or_else(|| ConfigError::new("--drive", "path= is required"))?,
+            is_read_only: read_only,
+            serial,
+            num_queues: queues,
+        })
+    }
+}
+
 /// A whole VM, as in a `--config` file.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -169,6 +305,8 @@ pub struct VmConfig {
     pub machine_config: MachineConfig,
     #[serde(default)]
     pub serial: SerialConfig,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drives: Vec<DriveConfig>,
 }
 
 impl VmConfig {
@@ -178,7 +316,19 @@ impl VmConfig {
             .map_err(|e| ConfigError::new(format!("machine-config.{}", e.field), e.reason))?;
         self.boot_source
             .validate()
-            .map_err(|e| ConfigError::new(format!("boot-source.{}", e.field), e.reason))
+            .map_err(|e| ConfigError::new(format!("boot-source.{}", e.field), e.reason))?;
+        let mut ids = std::collections::HashSet::new();
+        for (i, d) in self.drives.iter().enumerate() {
+            d.validate()
+                .map_err(|e| ConfigError::new(format!("drives[{i}].{}", e.field), e.reason))?;
+            if !ids.insert(d.drive_id.as_str()) {
+                return Err(ConfigError::new(
+                    format!("drives[{i}].drive_id"),
+                    format!("{:?} is used by another drive", d.drive_id),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Parse a config file's JSON, turning serde's messages into field errors.

@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::Parser;
 
 use vmm::arch::smbios::SmbiosConfig;
-use vmm::config::{BootSource, MachineConfig, SerialConfig, VmConfig};
+use vmm::config::{BootSource, DriveConfig, MachineConfig, SerialConfig, VmConfig};
 use vmm::runtime::{run, RunOptions, RuntimeError};
 use vmm::vcpu::ExitReason;
 
@@ -48,6 +48,10 @@ struct Cli {
     /// SMBIOS system manufacturer.
     #[arg(long)]
     smbios_manufacturer: Option<String>,
+    /// A virtio-blk drive: id=ID,path=FILE[,ro=on][,serial=S][,queues=N]
+    /// (repeatable).
+    #[arg(long = "drive", requires = "kernel")]
+    drives: Vec<String>,
     /// Whole VM configuration as JSON (Firecracker-style).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -91,6 +95,11 @@ fn config_from_flags(cli: &Cli) -> anyhow::Result<Option<VmConfig>> {
         serial: SerialConfig {
             output_path: cli.serial.clone(),
         },
+        drives: cli
+            .drives
+            .iter()
+            .map(|d| DriveConfig::from_cli(d))
+            .collect::<Result<_, _>>()?,
     }))
 }
 

@@ -15,7 +15,7 @@ use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::terminal::Terminal;
 
 use crate::api::{ActionType, ApiMessage, ApiRequest, ApiResponse, ApiServer};
-use crate::config::{BootSource, ConfigError, MachineConfig, SerialConfig, VmConfig};
+use crate::config::{BootSource, ConfigError, DriveConfig, MachineConfig, SerialConfig, VmConfig};
 use crate::vcpu::ExitReason;
 use crate::vm::{Vm, VmError};
 
@@ -116,6 +116,7 @@ struct Controller {
     machine: MachineConfig,
     boot: Option<BootSource>,
     serial: SerialConfig,
+    drives: Vec<DriveConfig>,
     vm: Option<Vm>,
     start: Instant,
 }
@@ -132,6 +133,7 @@ impl Controller {
             boot_source: boot,
             machine_config: self.machine.clone(),
             serial: self.serial.clone(),
+            drives: self.drives.clone(),
         };
         cfg.validate()?;
         Ok(cfg)
@@ -191,7 +193,12 @@ impl Controller {
                 Some(b) => ApiResponse::ok(json!(b)),
                 None => ApiResponse::error(404, "no boot source configured", None),
             },
-            ApiRequest::PutMachineConfig(_) | ApiRequest::PutBootSource(_) if started => {
+            ApiRequest::GetDrives => ApiResponse::ok(json!(self.drives)),
+            ApiRequest::PutMachineConfig(_)
+            | ApiRequest::PutBootSource(_)
+            | ApiRequest::PutDrive(..)
+                if started =>
+            {
                 pre_boot_only("the configuration")
             }
             ApiRequest::PutMachineConfig(m) => match m.validate() {
@@ -208,6 +215,27 @@ impl Controller {
                 }
                 Err(e) => ApiResponse::error(400, format!("boot-source.{e}"), Some(&e.field)),
             },
+            ApiRequest::PutDrive(path_id, d) => {
+                if path_id != d.drive_id {
+                    return ApiResponse::error(
+                        400,
+                        format!(
+                            "drive_id {:?} does not match the path's {:?}",
+                            d.drive_id, path_id
+                        ),
+                        Some("drive_id"),
+                    );
+                }
+                match d.validate() {
+                    Ok(()) => {
+                        // PUT replaces a drive with the same id.
+                        self.drives.retain(|x| x.drive_id != d.drive_id);
+                        self.drives.push(d);
+                        ApiResponse::no_content()
+                    }
+                    Err(e) => ApiResponse::error(400, format!("drives.{e}"), Some(&e.field)),
+                }
+            }
             ApiRequest::Action(ActionType::InstanceStart) if started => {
                 ApiResponse::error(400, "the instance is already running", None)
             }
@@ -250,6 +278,7 @@ pub fn run(opts: RunOptions) -> Result<ExitReason, RuntimeError> {
         machine: MachineConfig::default(),
         boot: None,
         serial: SerialConfig::default(),
+        drives: Vec::new(),
         vm: None,
         start: opts.start,
     };
@@ -257,6 +286,7 @@ pub fn run(opts: RunOptions) -> Result<ExitReason, RuntimeError> {
         ctl.machine = cfg.machine_config.clone();
         ctl.boot = Some(cfg.boot_source.clone());
         ctl.serial = cfg.serial.clone();
+        ctl.drives = cfg.drives.clone();
     }
 
     let (api_tx, api_rx) = mpsc::channel::<ApiMessage>();

@@ -19,14 +19,22 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::arch::{acpi, cpuid, layout, regs, reset_vector, smbios};
 use crate::boot::{self, BootError, BootSetup, KernelEntry};
-use crate::config::{BootSource, MachineConfig, VmConfig};
+use crate::config::{BootSource, DriveConfig, MachineConfig, VmConfig};
+use crate::interrupts::{GsiRouter, KvmIoEvents, KvmMsiGroup, PCI_INTX_GSI_BASE, PCI_INTX_LINES};
 use crate::vcpu::{ExitReason, ExitSignal, VcpuContext, VcpuHandle};
+use acpi::PciResources;
+use devices::pci::{PciConfigIo, PciConfigMmio, PciRoot};
+use devices::virtio::block::{Block, BlockConfig, FileBackend};
+use devices::virtio::pci::{VirtioPciDevice, BAR_SIZE};
+use devices::virtio::VirtioDevice;
+use vm_allocator::{AddressAllocator, AllocPolicy};
 
 pub const COM1_PORT: u64 = 0x3f8;
 pub const COM1_IRQ: u32 = 4;
 pub const I8042_PORT: u64 = 0x60;
 pub const KBD_IRQ: u32 = 1;
 pub const CMOS_PORT: u64 = 0x70;
+pub const PCI_CONFIG_PORT: u64 = 0xcf8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
@@ -55,6 +63,14 @@ pub enum VmError {
     Smbios(#[from] smbios::SmbiosError),
     #[error("vCPU setup: {0}")]
     Regs(#[from] regs::RegsError),
+    #[error("interrupt routing: {0}")]
+    Interrupts(std::io::Error),
+    #[error("MMIO allocator: {0}")]
+    Allocator(String),
+    #[error("drive {id}: {detail}")]
+    Drive { id: String, detail: String },
+    #[error("PCI: {0}")]
+    Pci(#[from] devices::pci::PciRootError),
     #[error("the vCPUs are already running")]
     AlreadyStarted,
     #[error("cannot start vCPU thread: {0}")]
@@ -68,7 +84,11 @@ fn kvm_err(op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
 /// A built VM, ready to run.
 pub struct Vm {
     _kvm: Kvm,
-    _vm_fd: VmFd,
+    vm_fd: Arc<VmFd>,
+    router: Arc<GsiRouter>,
+    pci: Arc<Mutex<PciRoot>>,
+    pci_resources: PciResources,
+    mmio_allocator: AddressAllocator,
     mem: GuestMemoryMmap,
     vcpu_fds: Vec<kvm_ioctls::VcpuFd>,
     vcpus: Vec<VcpuHandle>,
@@ -133,6 +153,9 @@ impl Vm {
         start: Instant,
     ) -> Result<Vm, VmError> {
         let mut vm = Vm::new(&cfg.machine_config, serial_out, start)?;
+        for drive in &cfg.drives {
+            vm.add_drive(drive)?;
+        }
         vm.load_kernel(&cfg.boot_source)?;
         Ok(vm)
     }
@@ -172,6 +195,8 @@ impl Vm {
             ..Default::default()
         };
         vm_fd.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
+        let vm_fd = Arc::new(vm_fd);
+        let router = Arc::new(GsiRouter::new(Arc::clone(&vm_fd)).map_err(VmError::Interrupts)?);
 
         let mem = create_guest_memory(machine.mem_size_mib)?;
         register_memory(&vm_fd, &mem)?;
@@ -224,7 +249,30 @@ impl Vm {
             1,
         )?;
 
-        let rsdp = acpi::write_tables(&mem, machine.vcpu_count)?;
+        // PCI root: config through 0xCF8/0xCFC and ECAM; BARs from the hole.
+        let pci_resources = PciResources {
+            ecam_base: layout::PCI_ECAM_START,
+            ecam_size: layout::PCI_ECAM_SIZE,
+            mmio_start: layout::PCI_MMIO_START as u32,
+            mmio_end: (layout::PCI_MMIO_START + layout::PCI_MMIO_SIZE - 1) as u32,
+            intx_gsi_base: PCI_INTX_GSI_BASE,
+            intx_lines: PCI_INTX_LINES,
+        };
+        let pci = Arc::new(Mutex::new(PciRoot::new(mmio.clone(), pio.clone())));
+        pio.insert(
+            Arc::new(Mutex::new(PciConfigIo::new(Arc::clone(&pci)))),
+            PCI_CONFIG_PORT,
+            8,
+        )?;
+        mmio.insert(
+            Arc::new(Mutex::new(PciConfigMmio::new(Arc::clone(&pci)))),
+            layout::PCI_ECAM_START,
+            layout::PCI_ECAM_SIZE,
+        )?;
+        let mmio_allocator = AddressAllocator::new(layout::PCI_MMIO_START, layout::PCI_MMIO_SIZE)
+            .map_err(|e| VmError::Allocator(e.to_string()))?;
+
+        let rsdp = acpi::write_tables(&mem, machine.vcpu_count, &pci_resources)?;
         smbios::write_tables(&mem, &machine.smbios)?;
         reset_vector::write(&mem).map_err(|e| VmError::Memory {
             mib: machine.mem_size_mib,
@@ -254,7 +302,11 @@ impl Vm {
 
         Ok(Vm {
             _kvm: kvm,
-            _vm_fd: vm_fd,
+            vm_fd,
+            router,
+            pci,
+            pci_resources,
+            mmio_allocator,
             mem,
             vcpu_fds,
             vcpus: Vec::new(),
@@ -294,6 +346,74 @@ impl Vm {
         Ok(())
     }
 
+    /// Plug a virtio-blk device backed by a raw file into the next PCI slot.
+    pub fn add_drive(&mut self, drive: &DriveConfig) -> Result<(), VmError> {
+        let err = |detail: String| VmError::Drive {
+            id: drive.drive_id.clone(),
+            detail,
+        };
+        let backend = FileBackend::open(&drive.path_on_host, drive.is_read_only)
+            .map_err(|e| err(format!("{}: {e}", drive.path_on_host.display())))?;
+        let block = Block::new(
+            Arc::new(backend),
+            BlockConfig {
+                read_only: drive.is_read_only,
+                serial: drive
+                    .serial
+                    .clone()
+                    .unwrap_or_else(|| drive.drive_id.clone()),
+                num_queues: drive.num_queues,
+            },
+        );
+        self.add_virtio_device(Box::new(block))
+            .map_err(|e| err(e.to_string()))
+    }
+
+    /// Put a virtio device on the PCI bus: BAR from the MMIO hole, MSI-X
+    /// vectors on fresh GSIs, INTx on the slot's line.
+    pub fn add_virtio_device(&mut self, device: Box<dyn VirtioDevice>) -> Result<(), VmError> {
+        let slot = self
+            .pci
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .free_slot()
+            .ok_or(devices::pci::PciRootError::Full)?;
+        let bar = self
+            .mmio_allocator
+            .allocate(BAR_SIZE, BAR_SIZE, AllocPolicy::FirstMatch)
+            .map_err(|e| VmError::Allocator(e.to_string()))?;
+        let vectors = device.queue_max_sizes().len() as u16 + 1;
+        let msi = KvmMsiGroup::new(Arc::clone(&self.router), &self.vm_fd, vectors)
+            .map_err(VmError::Interrupts)?;
+        let intx_gsi = self.pci_resources.intx_gsi(slot);
+        let intx = EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::EventFd)?;
+        self.vm_fd
+            .register_irqfd(&intx, intx_gsi)
+            .map_err(kvm_err("KVM_IRQFD (PCI INTx)"))?;
+        let ioevents = Arc::new(KvmIoEvents {
+            vm: Arc::clone(&self.vm_fd),
+        });
+        let dev = VirtioPciDevice::new(
+            device,
+            self.mem.clone(),
+            bar.start(),
+            Arc::new(msi),
+            ioevents,
+            intx,
+            intx_gsi as u8,
+        )
+        .map_err(VmError::Interrupts)?;
+        self.pci
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .add_device(slot, Arc::new(Mutex::new(dev)))?;
+        log::info!(
+            "PCI 00:{slot:02x}.0: virtio device, BAR0 {:#x}, INTx GSI {intx_gsi}",
+            bar.start()
+        );
+        Ok(())
+    }
+
     /// Guest memory (for tests and devices).
     pub fn memory(&self) -> &GuestMemoryMmap {
         &self.mem
@@ -310,7 +430,7 @@ impl Vm {
 
     /// The VM file descriptor, for wiring irqfds and ioeventfds.
     pub fn vm_fd(&self) -> &VmFd {
-        &self._vm_fd
+        &self.vm_fd
     }
 
     /// Override the boot CPU's registers before start (hand-written test

@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::config::{from_json_slice, BootSource, MachineConfig};
+use crate::config::{from_json_slice, BootSource, DriveConfig, MachineConfig};
 use http::{write_response, HttpError, Request, RequestReader};
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -39,6 +39,9 @@ pub enum ApiRequest {
     PutMachineConfig(MachineConfig),
     GetBootSource,
     PutBootSource(BootSource),
+    GetDrives,
+    /// (id from the path, body)
+    PutDrive(String, DriveConfig),
     Action(ActionType),
 }
 

@@ -1,4 +1,4 @@
-//! ACPI tables: RSDP, XSDT, FADT (hardware-reduced), DSDT, MADT.
+//! ACPI tables: RSDP, XSDT, FADT (hardware-reduced), DSDT, MADT, MCFG.
 //!
 //! Hardware-reduced ACPI (as Cloud Hypervisor and Firecracker use) spares us
 //! the PM timer, GPE blocks and SCI. Power is handled by one I/O port
@@ -37,8 +37,94 @@ pub enum AcpiError {
     GuestMemory(#[from] vm_memory::GuestMemoryError),
 }
 
-fn dsdt() -> Sdt {
+/// Where the PCI root's resources live (see `layout.rs`).
+#[derive(Clone, Copy, Debug)]
+pub struct PciResources {
+    pub ecam_base: u64,
+    pub ecam_size: u64,
+    /// 32-bit MMIO window for BARs, inclusive bounds.
+    pub mmio_start: u32,
+    pub mmio_end: u32,
+    /// INTA of slot s is routed to GSI `intx_gsi_base + (s - 1) % intx_lines`.
+    pub intx_gsi_base: u32,
+    pub intx_lines: u32,
+}
+
+impl PciResources {
+    pub fn intx_gsi(&self, slot: u8) -> u32 {
+        self.intx_gsi_base + (u32::from(slot).saturating_sub(1)) % self.intx_lines
+    }
+}
+
+/// The PCI host bridge: bus 0, the legacy config ports, I/O and 32-bit
+/// memory windows, the INTx routing table, and a motherboard resource
+/// reserving ECAM (Linux only trusts MCFG when ECAM is reserved).
+fn pci_aml(pci: &PciResources, sink: &mut Sdt) {
+    let prt_entries: Vec<(u32, u32)> = (1u8..32)
+        .map(|slot| ((u32::from(slot) << 16) | 0xffff, pci.intx_gsi(slot)))
+        .collect();
+    let prt_packages: Vec<aml::Package> = prt_entries
+        .iter()
+        .map(|(addr, gsi)| aml::Package::new(vec![addr, &0u8, &0u8, gsi]))
+        .collect();
+    let prt_refs: Vec<&dyn Aml> = prt_packages.iter().map(|p| p as &dyn Aml).collect();
+    aml::Device::new(
+        "_SB_.PCI0".into(),
+        vec![
+            &aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0A08")),
+            &aml::Name::new("_CID".into(), &aml::EISAName::new("PNP0A03")),
+            &aml::Name::new("_ADR".into(), &aml::ZERO),
+            &aml::Name::new("_SEG".into(), &aml::ZERO),
+            &aml::Name::new("_UID".into(), &aml::ZERO),
+            &aml::Name::new("_BBN".into(), &aml::ZERO),
+            &aml::Name::new(
+                "_CRS".into(),
+                &aml::ResourceTemplate::new(vec![
+                    &aml::AddressSpace::new_bus_number(0u16, 0u16),
+                    &aml::IO::new(0xcf8, 0xcf8, 1, 8),
+                    &aml::AddressSpace::new_io(0u16, 0x0cf7u16, None),
+                    &aml::AddressSpace::new_io(0x0d00u16, 0xffffu16, None),
+                    &aml::AddressSpace::new_memory(
+                        aml::AddressSpaceCacheable::NotCacheable,
+                        true,
+                        pci.mmio_start,
+                        pci.mmio_end,
+                        None,
+                    ),
+                ]),
+            ),
+            &aml::Name::new("_PRT".into(), &aml::Package::new(prt_refs)),
+        ],
+    )
+    .to_aml_bytes(sink);
+    aml::Device::new(
+        "_SB_.MRES".into(),
+        vec![
+            &aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0C02")),
+            &aml::Name::new(
+                "_CRS".into(),
+                &aml::ResourceTemplate::new(vec![&aml::Memory32Fixed::new(
+                    false,
+                    pci.ecam_base as u32,
+                    pci.ecam_size as u32,
+                )]),
+            ),
+        ],
+    )
+    .to_aml_bytes(sink);
+}
+
+fn mcfg(pci: &PciResources) -> Vec<u8> {
+    let mut m = acpi_tables::mcfg::MCFG::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
+    m.add_ecam(pci.ecam_base, 0, 0, 0);
+    let mut out = Vec::new();
+    m.to_aml_bytes(&mut out);
+    out
+}
+
+fn dsdt(pci: &PciResources) -> Sdt {
     let mut dsdt = Sdt::new(*b"DSDT", 36, 6, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
+    pci_aml(pci, &mut dsdt);
     // Each object is serialised in one statement: the AML builders borrow
     // their children, which must outlive the call.
     aml::Device::new(
@@ -141,11 +227,15 @@ fn align8(addr: u64) -> u64 {
 
 /// Build the tables for `vcpus` CPUs, write them at [`ACPI_START`] and return
 /// the RSDP's address.
-pub fn write_tables(mem: &GuestMemoryMmap, vcpus: u8) -> Result<GuestAddress, AcpiError> {
+pub fn write_tables(
+    mem: &GuestMemoryMmap,
+    vcpus: u8,
+    pci: &PciResources,
+) -> Result<GuestAddress, AcpiError> {
     let rsdp_addr = ACPI_START;
     let mut next = align8(rsdp_addr + Rsdp::len() as u64);
 
-    let dsdt = dsdt();
+    let dsdt = dsdt(pci);
     let dsdt_addr = next;
     next = align8(next + dsdt.len() as u64);
 
@@ -157,9 +247,14 @@ pub fn write_tables(mem: &GuestMemoryMmap, vcpus: u8) -> Result<GuestAddress, Ac
     let madt_addr = next;
     next = align8(next + madt.len() as u64);
 
+    let mcfg = mcfg(pci);
+    let mcfg_addr = next;
+    next = align8(next + mcfg.len() as u64);
+
     let mut xsdt = XSDT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     xsdt.add_entry(fadt_addr);
     xsdt.add_entry(madt_addr);
+    xsdt.add_entry(mcfg_addr);
     let mut xsdt_bytes = Vec::new();
     xsdt.to_aml_bytes(&mut xsdt_bytes);
     let xsdt_addr = next;
@@ -177,6 +272,7 @@ pub fn write_tables(mem: &GuestMemoryMmap, vcpus: u8) -> Result<GuestAddress, Ac
     mem.write_slice(dsdt.as_slice(), GuestAddress(dsdt_addr))?;
     mem.write_slice(&fadt, GuestAddress(fadt_addr))?;
     mem.write_slice(madt.as_slice(), GuestAddress(madt_addr))?;
+    mem.write_slice(&mcfg, GuestAddress(mcfg_addr))?;
     mem.write_slice(&xsdt_bytes, GuestAddress(xsdt_addr))?;
     log::debug!(
         "ACPI: RSDP {rsdp_addr:#x} XSDT {xsdt_addr:#x} FADT {fadt_addr:#x} DSDT {dsdt_addr:#x} MADT {madt_addr:#x}"
@@ -187,6 +283,15 @@ pub fn write_tables(mem: &GuestMemoryMmap, vcpus: u8) -> Result<GuestAddress, Ac
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const PCI: PciResources = PciResources {
+        ecam_base: 0xe000_0000,
+        ecam_size: 1 << 20,
+        mmio_start: 0xc000_0000,
+        mmio_end: 0xdfff_ffff,
+        intx_gsi_base: 16,
+        intx_lines: 8,
+    };
 
     fn checksum_ok(bytes: &[u8]) -> bool {
         bytes.iter().fold(0u8, |a, b| a.wrapping_add(*b)) == 0
@@ -204,7 +309,7 @@ mod tests {
     #[test]
     fn tables_chain_from_rsdp_with_valid_checksums() {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x20_0000)]).unwrap();
-        let rsdp = write_tables(&mem, 4).unwrap();
+        let rsdp = write_tables(&mem, 4, &PCI).unwrap();
         let mut r = [0u8; 36];
         mem.read_slice(&mut r, rsdp).unwrap();
         assert_eq!(&r[0..8], b"RSD PTR ");
@@ -217,7 +322,14 @@ mod tests {
             .chunks(8)
             .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
             .collect();
-        assert_eq!(entries.len(), 2);
+        assert_eq!(entries.len(), 3);
+        let mcfg = table_at(&mem, entries[2]);
+        assert_eq!(&mcfg[0..4], b"MCFG");
+        assert!(checksum_ok(&mcfg));
+        assert_eq!(
+            u64::from_le_bytes(mcfg[44..52].try_into().unwrap()),
+            PCI.ecam_base
+        );
         let fadt = table_at(&mem, entries[0]);
         assert_eq!(&fadt[0..4], b"FACP");
         assert!(checksum_ok(&fadt));
@@ -227,7 +339,13 @@ mod tests {
         let dsdt = table_at(&mem, x_dsdt);
         assert_eq!(&dsdt[0..4], b"DSDT");
         assert!(checksum_ok(&dsdt));
-        assert!(dsdt.windows(4).any(|w| w == b"_S5_"));
+        for name in [b"_S5_", b"PCI0", b"_PRT", b"MRES"] {
+            assert!(
+                dsdt.windows(4).any(|w| w == name),
+                "{}",
+                String::from_utf8_lossy(name)
+            );
+        }
         let madt = table_at(&mem, entries[1]);
         assert_eq!(&madt[0..4], b"APIC");
         assert!(checksum_ok(&madt));
@@ -246,6 +364,6 @@ mod tests {
     #[test]
     fn thirty_two_vcpus_fit() {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x20_0000)]).unwrap();
-        assert!(write_tables(&mem, 32).is_ok());
+        assert!(write_tables(&mem, 32, &PCI).is_ok());
     }
 }

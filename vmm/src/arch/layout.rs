@@ -37,6 +37,13 @@ pub const MMIO_HOLE_START: u64 = 0xc000_0000;
 pub const FOUR_GIB: u64 = 0x1_0000_0000;
 pub const MMIO_HOLE_SIZE: u64 = FOUR_GIB - MMIO_HOLE_START;
 
+/// PCI BARs are allocated from here up to the ECAM window.
+pub const PCI_MMIO_START: u64 = MMIO_HOLE_START;
+pub const PCI_MMIO_SIZE: u64 = 0x2000_0000;
+/// ECAM for bus 0 (1 MiB: 32 devices x 8 functions x 4 KiB).
+pub const PCI_ECAM_START: u64 = 0xe000_0000;
+pub const PCI_ECAM_SIZE: u64 = 1 << 20;
+
 pub const IOAPIC_ADDR: u64 = 0xfec0_0000;
 pub const LAPIC_ADDR: u64 = 0xfee0_0000;
 

@@ -1,0 +1,475 @@
+//! virtio-blk: request parsing, a worker thread per device, and backends.
+//!
+//! Every guest-supplied value is checked before use: the header must be
+//! readable and complete, the status byte writable, sectors and lengths
+//! inside the disk, data lengths multiples of 512 for I/O. Descriptor
+//! chains are walked by virtio-queue, which bounds a chain by the queue
+//! size (no loops) and checks every address against guest memory.
+
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use virtio_queue::{Queue, QueueT, Reader, Writer};
+use vm_memory::{ByteValued, GuestMemoryMmap};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::{
+    ActivateError, InterruptKind, VirtioDevice, VirtioInterrupt, TYPE_BLOCK,
+    VIRTIO_RING_F_EVENT_IDX,
+};
+
+pub mod backend;
+pub use backend::{BlockBackend, FileBackend};
+
+pub const SECTOR_SIZE: u64 = 512;
+const QUEUE_SIZE: u16 = 256;
+/// Largest single request we accept (bounds the bounce buffer).
+const MAX_REQUEST_BYTES: usize = 4 << 20;
+const SERIAL_LEN: usize = 20;
+
+const F_SEG_MAX: u64 = 1 << 2;
+const F_RO: u64 = 1 << 5;
+const F_BLK_SIZE: u64 = 1 << 6;
+const F_FLUSH: u64 = 1 << 9;
+const F_MQ: u64 = 1 << 12;
+const F_DISCARD: u64 = 1 << 13;
+const F_WRITE_ZEROES: u64 = 1 << 14;
+
+const T_IN: u32 = 0;
+const T_OUT: u32 = 1;
+const T_FLUSH: u32 = 4;
+const T_GET_ID: u32 = 8;
+const T_DISCARD: u32 = 11;
+const T_WRITE_ZEROES: u32 = 13;
+
+const S_OK: u8 = 0;
+const S_IOERR: u8 = 1;
+const S_UNSUPP: u8 = 2;
+
+const WRITE_ZEROES_UNMAP: u32 = 1;
+
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug)]
+struct RequestHeader {
+    kind: u32,
+    _reserved: u32,
+    sector: u64,
+}
+// SAFETY: plain integers, no padding (4 + 4 + 8), any bit pattern valid.
+unsafe impl ByteValued for RequestHeader {}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug)]
+struct DiscardSegment {
+    sector: u64,
+    num_sectors: u32,
+    flags: u32,
+}
+// SAFETY: plain integers, no padding (8 + 4 + 4), any bit pattern valid.
+unsafe impl ByteValued for DiscardSegment {}
+
+/// How a drive is presented to the guest.
+#[derive(Clone, Debug)]
+pub struct BlockConfig {
+    pub read_only: bool,
+    /// Up to 20 bytes; shows as /dev/disk/by-id/virtio-<serial>.
+    pub serial: String,
+    pub num_queues: u16,
+}
+
+pub struct Block {
+    backend: Arc<dyn BlockBackend>,
+    cfg: BlockConfig,
+    acked: u64,
+    workers: Vec<(EventFd, JoinHandle<()>)>,
+}
+
+impl Block {
+    pub fn new(backend: Arc<dyn BlockBackend>, cfg: BlockConfig) -> Self {
+        Self {
+            backend,
+            cfg: BlockConfig {
+                num_queues: cfg.num_queues.clamp(1, 16),
+                ..cfg
+            },
+            acked: 0,
+            workers: Vec::new(),
+        }
+    }
+
+    fn config_space(&self) -> [u8; 0x3c] {
+        let mut c = [0u8; 0x3c];
+        let sectors = self.backend.size() / SECTOR_SIZE;
+        c[0..8].copy_from_slice(&sectors.to_le_bytes());
+        // seg_max: descriptors per request minus header and status.
+        c[0x0c..0x10].copy_from_slice(&u32::from(QUEUE_SIZE - 2).to_le_bytes());
+        c[0x14..0x18].copy_from_slice(&(SECTOR_SIZE as u32).to_le_bytes());
+        c[0x22..0x24].copy_from_slice(&self.cfg.num_queues.to_le_bytes());
+        let max_sectors = (MAX_REQUEST_BYTES as u64 / SECTOR_SIZE) as u32;
+        c[0x24..0x28].copy_from_slice(&max_sectors.to_le_bytes()); // max_discard_sectors
+        c[0x28..0x2c].copy_from_slice(&1u32.to_le_bytes()); // max_discard_seg
+        c[0x2c..0x30].copy_from_slice(&1u32.to_le_bytes()); // discard_sector_alignment
+        c[0x30..0x34].copy_from_slice(&max_sectors.to_le_bytes()); // max_write_zeroes_sectors
+        c[0x34..0x38].copy_from_slice(&1u32.to_le_bytes()); // max_write_zeroes_seg
+        c[0x38] = 1; // write_zeroes_may_unmap
+        c
+    }
+
+    fn stop_workers(&mut self) {
+        for (stop, handle) in self.workers.drain(..) {
+            let _ = stop.write(1);
+            if handle.join().is_err() {
+                log::error!("virtio-blk: worker panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Block {
+    fn drop(&mut self) {
+        self.stop_workers();
+    }
+}
+
+impl VirtioDevice for Block {
+    fn device_type(&self) -> u32 {
+        TYPE_BLOCK
+    }
+
+    fn queue_max_sizes(&self) -> Vec<u16> {
+        vec![QUEUE_SIZE; usize::from(self.cfg.num_queues)]
+    }
+
+    fn avail_features(&self) -> u64 {
+        let mut f =
+            F_SEG_MAX | F_BLK_SIZE | F_FLUSH | F_DISCARD | F_WRITE_ZEROES | VIRTIO_RING_F_EVENT_IDX;
+        if self.cfg.num_queues > 1 {
+            f |= F_MQ;
+        }
+        if self.cfg.read_only {
+            f |= F_RO;
+        }
+        f
+    }
+
+    fn set_acked_features(&mut self, features: u64) {
+        self.acked = features;
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        let c = self.config_space();
+        let at = offset as usize;
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = c.get(at + i).copied().unwrap_or(0);
+        }
+    }
+
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        interrupt: Arc<VirtioInterrupt>,
+        queues: Vec<Queue>,
+        kicks: Vec<EventFd>,
+    ) -> Result<(), ActivateError> {
+        if queues.is_empty() {
+            return Err(ActivateError::Queues("no queue is ready".into()));
+        }
+        for (index, (queue, kick)) in queues.into_iter().zip(kicks).enumerate() {
+            let stop = EventFd::new(libc::EFD_NONBLOCK).map_err(ActivateError::Worker)?;
+            let worker = Worker {
+                index: index as u16,
+                queue,
+                kick,
+                stop: stop.try_clone().map_err(ActivateError::Worker)?,
+                mem: mem.clone(),
+                interrupt: Arc::clone(&interrupt),
+                backend: Arc::clone(&self.backend),
+                read_only: self.cfg.read_only,
+                serial: self.cfg.serial.clone(),
+                buffer: Vec::new(),
+            };
+            let handle = std::thread::Builder::new()
+                .name(format!("blk-q{index}"))
+                .spawn(move || worker.run())
+                .map_err(ActivateError::Worker)?;
+            self.workers.push((stop, handle));
+        }
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        self.stop_workers();
+    }
+}
+
+struct Worker {
+    index: u16,
+    queue: Queue,
+    kick: EventFd,
+    stop: EventFd,
+    mem: GuestMemoryMmap,
+    interrupt: Arc<VirtioInterrupt>,
+    backend: Arc<dyn BlockBackend>,
+    read_only: bool,
+    serial: String,
+    buffer: Vec<u8>,
+}
+
+const TOKEN_KICK: u64 = 1;
+const TOKEN_STOP: u64 = 2;
+
+/// Why a request failed, as the guest will see it.
+#[derive(Debug, PartialEq, Eq)]
+enum RequestError {
+    /// Malformed chain or out-of-range access.
+    Invalid(String),
+    Unsupported(u32),
+    Io(String),
+}
+
+impl Worker {
+    fn run(mut self) {
+        let epoll = match Epoll::new() {
+            Ok(e) => e,
+            Err(e) => {
+                log::error!("virtio-blk q{}: {e}", self.index);
+                return;
+            }
+        };
+        for (fd, token) in [
+            (self.kick.as_raw_fd(), TOKEN_KICK),
+            (self.stop.as_raw_fd(), TOKEN_STOP),
+        ] {
+            if let Err(e) = epoll.ctl(
+                ControlOperation::Add,
+                fd,
+                EpollEvent::new(EventSet::IN, token),
+            ) {
+                log::error!("virtio-blk q{}: {e}", self.index);
+                return;
+            }
+        }
+        let mut events = [EpollEvent::default(); 2];
+        // Requests may already be queued before the first kick.
+        self.process_queue();
+        loop {
+            let n = match epoll.wait(-1, &mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    log::error!("virtio-blk q{}: {e}", self.index);
+                    return;
+                }
+            };
+            for ev in &events[..n] {
+                match ev.data() {
+                    TOKEN_STOP => return,
+                    TOKEN_KICK => {
+                        let _ = self.kick.read();
+                        self.process_queue();
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    fn process_queue(&mut self) {
+        // A cheap handle (the regions are shared), so that descriptor
+        // chains do not borrow `self`.
+        let mem = self.mem.clone();
+        loop {
+            // With EVENT_IDX, disable notifications while draining and
+            // re-check after enabling them, so no request is missed.
+            if let Err(e) = self.queue.disable_notification(&self.mem) {
+                log::warn!("virtio-blk q{}: {e:?}", self.index);
+            }
+            let mut served = false;
+            while let Some(chain) = self.queue.pop_descriptor_chain(&mem) {
+                let head = chain.head_index();
+                let written = self.serve(&mem, chain);
+                if let Err(e) = self.queue.add_used(&self.mem, head, written) {
+                    log::warn!("virtio-blk q{}: cannot add used entry: {e:?}", self.index);
+                }
+                served = true;
+            }
+            if served {
+                match self.queue.needs_notification(&self.mem) {
+                    Ok(true) => self.interrupt.trigger(InterruptKind::Queue(self.index)),
+                    Ok(false) => {}
+                    Err(e) => log::warn!("virtio-blk q{}: {e:?}", self.index),
+                }
+            }
+            match self.queue.enable_notification(&self.mem) {
+                Ok(true) => continue, // more arrived meanwhile
+                Ok(false) => return,
+                Err(e) => {
+                    log::warn!("virtio-blk q{}: {e:?}", self.index);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Serve one request; returns the bytes written into guest buffers.
+    fn serve(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        chain: virtio_queue::DescriptorChain<&GuestMemoryMmap>,
+    ) -> u32 {
+        let (mut reader, mut writer) =
+            match (Reader::new(mem, chain.clone()), Writer::new(mem, chain)) {
+                (Ok(r), Ok(w)) => (r, w),
+                _ => {
+                    log::warn!(
+                        "virtio-blk q{}: descriptor chain outside guest memory",
+                        self.index
+                    );
+                    return 0;
+                }
+            };
+        if writer.available_bytes() == 0 {
+            log::warn!("virtio-blk q{}: request without a status byte", self.index);
+            return 0;
+        }
+        // The status byte is the last writable byte.
+        let status_at = writer.available_bytes() - 1;
+        let mut status_writer = match writer.split_at(status_at) {
+            Ok(s) => s,
+            Err(_) => return 0,
+        };
+        let (status, data_written) = match execute(
+            &mut reader,
+            &mut writer,
+            &*self.backend,
+            self.read_only,
+            &self.serial,
+            &mut self.buffer,
+        ) {
+            Ok(n) => (S_OK, n),
+            Err(RequestError::Unsupported(t)) => {
+                log::debug!("virtio-blk: unsupported request type {t}");
+                (S_UNSUPP, 0)
+            }
+            Err(RequestError::Invalid(why)) => {
+                log::warn!("virtio-blk q{}: bad request: {why}", self.index);
+                (S_IOERR, 0)
+            }
+            Err(RequestError::Io(why)) => {
+                log::warn!("virtio-blk q{}: I/O error: {why}", self.index);
+                (S_IOERR, 0)
+            }
+        };
+        if status_writer.write_all(&[status]).is_err() {
+            return data_written as u32;
+        }
+        (data_written + 1) as u32
+    }
+}
+
+fn check_range(sector: u64, len: u64, capacity: u64) -> Result<u64, RequestError> {
+    let offset = sector
+        .checked_mul(SECTOR_SIZE)
+        .ok_or_else(|| RequestError::Invalid(format!("sector {sector} overflows")))?;
+    let end = offset
+        .checked_add(len)
+        .ok_or_else(|| RequestError::Invalid("length overflows".into()))?;
+    if end > capacity {
+        return Err(RequestError::Invalid(format!(
+            "access {offset:#x}+{len:#x} beyond the end of the disk ({capacity:#x})"
+        )));
+    }
+    Ok(offset)
+}
+
+/// Parse and execute one request. Returns the bytes written to the
+/// guest's data buffers (not counting the status byte).
+fn execute<B: vm_memory::bitmap::BitmapSlice>(
+    reader: &mut Reader<'_, B>,
+    writer: &mut Writer<'_, B>,
+    backend: &dyn BlockBackend,
+    read_only: bool,
+    serial: &str,
+    buffer: &mut Vec<u8>,
+) -> Result<usize, RequestError> {
+    let header: RequestHeader = reader
+        .read_obj()
+        .map_err(|_| RequestError::Invalid("header shorter than 16 bytes".into()))?;
+    let capacity = backend.size();
+    let io = |e: std::io::Error| RequestError::Io(e.to_string());
+    match header.kind {
+        T_IN => {
+            let len = writer.available_bytes();
+            if !len.is_multiple_of(SECTOR_SIZE as usize) || len > MAX_REQUEST_BYTES {
+                return Err(RequestError::Invalid(format!("read of {len} bytes")));
+            }
+            let offset = check_range(header.sector, len as u64, capacity)?;
+            buffer.resize(len, 0);
+            backend.read_at(&mut buffer[..len], offset).map_err(io)?;
+            writer
+                .write_all(&buffer[..len])
+                .map_err(|e| RequestError::Invalid(e.to_string()))?;
+            Ok(len)
+        }
+        T_OUT => {
+            if read_only {
+                return Err(RequestError::Io("write to a read-only drive".into()));
+            }
+            let len = reader.available_bytes();
+            if !len.is_multiple_of(SECTOR_SIZE as usize) || len > MAX_REQUEST_BYTES {
+                return Err(RequestError::Invalid(format!("write of {len} bytes")));
+            }
+            let offset = check_range(header.sector, len as u64, capacity)?;
+            buffer.resize(len, 0);
+            reader
+                .read_exact(&mut buffer[..len])
+                .map_err(|e| RequestError::Invalid(e.to_string()))?;
+            backend.write_at(&buffer[..len], offset).map_err(io)?;
+            Ok(0)
+        }
+        T_FLUSH => {
+            backend.flush().map_err(io)?;
+            Ok(0)
+        }
+        T_GET_ID => {
+            let mut id = [0u8; SERIAL_LEN];
+            let s = serial.as_bytes();
+            let n = s.len().min(SERIAL_LEN);
+            id[..n].copy_from_slice(&s[..n]);
+            let n = writer.available_bytes().min(SERIAL_LEN);
+            writer
+                .write_all(&id[..n])
+                .map_err(|e| RequestError::Invalid(e.to_string()))?;
+            Ok(n)
+        }
+        T_DISCARD | T_WRITE_ZEROES => {
+            if read_only {
+                return Err(RequestError::Io("discard on a read-only drive".into()));
+            }
+            if reader.available_bytes() < std::mem::size_of::<DiscardSegment>() {
+                return Err(RequestError::Invalid("missing discard segment".into()));
+            }
+            // We announce one segment per request.
+            let seg: DiscardSegment = reader
+                .read_obj()
+                .map_err(|e| RequestError::Invalid(e.to_string()))?;
+            let len = u64::from(seg.num_sectors) * SECTOR_SIZE;
+            let offset = check_range(seg.sector, len, capacity)?;
+            if header.kind == T_DISCARD {
+                backend.discard(offset, len).map_err(io)?;
+            } else {
+                backend
+                    .write_zeroes(offset, len, seg.flags & WRITE_ZEROES_UNMAP != 0)
+                    .map_err(io)?;
+            }
+            Ok(0)
+        }
+        other => Err(RequestError::Unsupported(other)),
+    }
+}
+
+#[cfg(test)]
+mod tests;
