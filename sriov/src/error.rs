@@ -78,10 +78,11 @@ pub enum Error {
         driver: String,
     },
 
-    #[error("netlink request for VF {vf_index} of {ifname} failed: {source}")]
+    #[error("setting {setting} of VF {vf_index} on {ifname} through netlink failed: {source}")]
     Netlink {
         ifname: String,
         vf_index: u32,
+        setting: &'static str,
         source: io::Error,
     },
 

@@ -34,16 +34,25 @@ impl NetlinkVfConfigurator {
 }
 
 impl VfConfigurator for NetlinkVfConfigurator {
+    /// Sends one request per setting, so that an error names the setting the driver
+    /// refused (igb, for one, has no link-state control); the settings before it stay
+    /// applied, as they would with one combined request, which the kernel also applies in
+    /// order up to the first failure.
     fn apply(&self, pf_ifname: &str, vf_index: u32, settings: &VfSettings) -> Result<()> {
-        let netlink_error = |source| Error::Netlink {
-            ifname: pf_ifname.to_string(),
-            vf_index,
-            source,
+        let netlink_error = |setting: &'static str| {
+            move |source| Error::Netlink {
+                ifname: pf_ifname.to_string(),
+                vf_index,
+                setting,
+                source,
+            }
         };
-        let ifindex = interface_index(pf_ifname).map_err(netlink_error)?;
-        let message = set_link_message(ifindex, vf_index, settings);
-        let sequence = self.next_sequence.fetch_add(1, Ordering::Relaxed) + 1;
-        send_and_wait_for_ack(message, sequence).map_err(netlink_error)?;
+        let ifindex = interface_index(pf_ifname).map_err(netlink_error("interface"))?;
+        for (setting, attribute) in vf_attributes(vf_index, settings) {
+            let message = set_link_message(ifindex, attribute);
+            let sequence = self.next_sequence.fetch_add(1, Ordering::Relaxed) + 1;
+            send_and_wait_for_ack(message, sequence).map_err(netlink_error(setting))?;
+        }
         log::info!("{pf_ifname} vf {vf_index}: applied {settings:?}");
         Ok(())
     }
@@ -61,31 +70,24 @@ fn interface_index(ifname: &str) -> io::Result<u32> {
     Ok(index)
 }
 
-/// The RTM_SETLINK payload for one VF; settings left `None` are not sent.
-fn set_link_message(ifindex: u32, vf_index: u32, settings: &VfSettings) -> LinkMessage {
-    let mut vf_attributes = Vec::new();
+/// The IFLA_VF_* attribute for each setting that is not `None`, named for error messages,
+/// in the order the kernel applies them within one request.
+fn vf_attributes(vf_index: u32, settings: &VfSettings) -> Vec<(&'static str, VfInfo)> {
+    let mut attributes = Vec::new();
     if let Some(mac) = settings.mac {
-        vf_attributes.push(VfInfo::Mac(VfInfoMac::new(vf_index, &mac.0)));
+        attributes.push(("mac", VfInfo::Mac(VfInfoMac::new(vf_index, &mac.0))));
     }
     if let Some(vlan) = settings.vlan {
-        vf_attributes.push(VfInfo::Vlan(VfInfoVlan::new(
-            vf_index,
-            u32::from(vlan.id),
-            u32::from(vlan.qos),
-        )));
-    }
-    if let Some(enabled) = settings.spoof_check {
-        vf_attributes.push(VfInfo::SpoofCheck(VfInfoSpoofCheck::new(vf_index, enabled)));
-    }
-    if let Some(enabled) = settings.trust {
-        vf_attributes.push(VfInfo::Trust(VfInfoTrust::new(vf_index, enabled)));
+        let vlan = VfInfoVlan::new(vf_index, u32::from(vlan.id), u32::from(vlan.qos));
+        attributes.push(("vlan", VfInfo::Vlan(vlan)));
     }
     if let Some(rate) = settings.rate {
-        vf_attributes.push(VfInfo::Rate(VfInfoRate::new(
-            vf_index,
-            rate.min_mbps,
-            rate.max_mbps,
-        )));
+        let rate = VfInfoRate::new(vf_index, rate.min_mbps, rate.max_mbps);
+        attributes.push(("rate", VfInfo::Rate(rate)));
+    }
+    if let Some(enabled) = settings.spoof_check {
+        let spoof_check = VfInfoSpoofCheck::new(vf_index, enabled);
+        attributes.push(("spoof_check", VfInfo::SpoofCheck(spoof_check)));
     }
     if let Some(state) = settings.link_state {
         let state = match state {
@@ -93,13 +95,22 @@ fn set_link_message(ifindex: u32, vf_index: u32, settings: &VfSettings) -> LinkM
             VfLinkState::Enable => NetlinkLinkState::Enable,
             VfLinkState::Disable => NetlinkLinkState::Disable,
         };
-        vf_attributes.push(VfInfo::LinkState(VfInfoLinkState::new(vf_index, state)));
+        let link_state = VfInfoLinkState::new(vf_index, state);
+        attributes.push(("link_state", VfInfo::LinkState(link_state)));
     }
+    if let Some(enabled) = settings.trust {
+        attributes.push(("trust", VfInfo::Trust(VfInfoTrust::new(vf_index, enabled))));
+    }
+    attributes
+}
+
+/// An RTM_SETLINK payload for the PF carrying one VF attribute.
+fn set_link_message(ifindex: u32, attribute: VfInfo) -> LinkMessage {
     let mut message = LinkMessage::default();
     message.header.index = ifindex;
     message
         .attributes
-        .push(LinkAttribute::VfInfoList(vec![LinkVfInfo(vf_attributes)]));
+        .push(LinkAttribute::VfInfoList(vec![LinkVfInfo(vec![attribute])]));
     message
 }
 
@@ -170,7 +181,7 @@ mod tests {
     }
 
     #[test]
-    fn set_link_message_carries_every_requested_vf_setting() {
+    fn every_requested_setting_becomes_its_own_vf_attribute() {
         let mac: MacAddress = "02:00:00:00:00:07".parse().unwrap();
         let settings = VfSettings {
             mac: Some(mac),
@@ -183,40 +194,41 @@ mod tests {
             }),
             link_state: Some(VfLinkState::Enable),
         };
-        let parsed = round_trip(&set_link_message(5, 3, &settings));
-        assert_eq!(parsed.header.index, 5);
-        let [LinkAttribute::VfInfoList(list)] = parsed.attributes.as_slice() else {
-            panic!("expected one VfInfoList, got {:?}", parsed.attributes);
-        };
-        let [LinkVfInfo(entries)] = list.as_slice() else {
-            panic!("expected one VF entry, got {list:?}");
+        assert_eq!(
+            vf_attributes(3, &settings),
+            vec![
+                ("mac", VfInfo::Mac(VfInfoMac::new(3, &mac.0))),
+                ("vlan", VfInfo::Vlan(VfInfoVlan::new(3, 100, 0))),
+                ("rate", VfInfo::Rate(VfInfoRate::new(3, 0, 1000))),
+                (
+                    "spoof_check",
+                    VfInfo::SpoofCheck(VfInfoSpoofCheck::new(3, true))
+                ),
+                (
+                    "link_state",
+                    VfInfo::LinkState(VfInfoLinkState::new(3, NetlinkLinkState::Enable))
+                ),
+                ("trust", VfInfo::Trust(VfInfoTrust::new(3, false))),
+            ]
+        );
+        let only_mac = VfSettings {
+            mac: Some(MacAddress::ZERO),
+            ..VfSettings::default()
         };
         assert_eq!(
-            entries,
-            &vec![
-                VfInfo::Mac(VfInfoMac::new(3, &mac.0)),
-                VfInfo::Vlan(VfInfoVlan::new(3, 100, 0)),
-                VfInfo::SpoofCheck(VfInfoSpoofCheck::new(3, true)),
-                VfInfo::Trust(VfInfoTrust::new(3, false)),
-                VfInfo::Rate(VfInfoRate::new(3, 0, 1000)),
-                VfInfo::LinkState(VfInfoLinkState::new(3, NetlinkLinkState::Enable)),
-            ]
+            vf_attributes(0, &only_mac),
+            vec![("mac", VfInfo::Mac(VfInfoMac::new(0, &[0; 6])))]
         );
     }
 
     #[test]
-    fn set_link_message_omits_settings_left_unset() {
-        let settings = VfSettings {
-            mac: Some(MacAddress::ZERO),
-            ..VfSettings::default()
-        };
-        let parsed = round_trip(&set_link_message(2, 0, &settings));
-        let [LinkAttribute::VfInfoList(list)] = parsed.attributes.as_slice() else {
-            panic!("expected one VfInfoList, got {:?}", parsed.attributes);
-        };
+    fn set_link_message_survives_encoding_as_the_kernel_reads_it() {
+        let attribute = VfInfo::SpoofCheck(VfInfoSpoofCheck::new(2, true));
+        let parsed = round_trip(&set_link_message(5, attribute.clone()));
+        assert_eq!(parsed.header.index, 5);
         assert_eq!(
-            list,
-            &vec![LinkVfInfo(vec![VfInfo::Mac(VfInfoMac::new(0, &[0; 6]))])]
+            parsed.attributes,
+            vec![LinkAttribute::VfInfoList(vec![LinkVfInfo(vec![attribute])])]
         );
     }
 

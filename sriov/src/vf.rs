@@ -158,6 +158,7 @@ impl VfConfigurator for RecordingVfConfigurator {
             return Err(Error::Netlink {
                 ifname: pf_ifname.to_string(),
                 vf_index,
+                setting: "any",
                 source: std::io::Error::from_raw_os_error(libc::EOPNOTSUPP),
             });
         }
