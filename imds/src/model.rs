@@ -517,4 +517,57 @@ mod tests {
         assert_eq!(document["region"], "eu-west-1");
         assert_eq!(document["privateIp"], "172.31.16.10");
     }
+
+    #[test]
+    fn spot_and_maintenance_events_are_served() {
+        let mut record = sample_record();
+        record.events.maintenance_scheduled = vec![crate::config::ScheduledEvent {
+            code: "system-reboot".to_string(),
+            description: "scheduled reboot".to_string(),
+            event_id: "instance-event-0d59937288b749b32".to_string(),
+            not_before: "21 Jan 2027 09:00:43 GMT".to_string(),
+            not_after: "21 Jan 2027 09:17:23 GMT".to_string(),
+            state: "active".to_string(),
+        }];
+        record.events.spot_instance_action = Some(crate::config::SpotInstanceAction {
+            action: "terminate".to_string(),
+            time: "2027-01-21T09:00:00Z".to_string(),
+        });
+        let metadata = InstanceMetadata::build(&record, None).expect("builds");
+        let root = &metadata.version_root;
+        let scheduled: serde_json::Value = serde_json::from_str(&text(root.lookup(&[
+            "meta-data",
+            "events",
+            "maintenance",
+            "scheduled",
+        ])))
+        .expect("JSON");
+        assert_eq!(scheduled[0]["Code"], "system-reboot");
+        assert_eq!(scheduled[0]["EventId"], "instance-event-0d59937288b749b32");
+        let action: serde_json::Value = serde_json::from_str(&text(root.lookup(&[
+            "meta-data",
+            "spot",
+            "instance-action",
+        ])))
+        .expect("JSON");
+        assert_eq!(
+            action,
+            serde_json::json!({"action": "terminate", "time": "2027-01-21T09:00:00Z"})
+        );
+        assert_eq!(
+            text(root.lookup(&["meta-data", "spot", "termination-time"])),
+            "2027-01-21T09:00:00Z"
+        );
+        // Without events: an empty list and no spot directory.
+        let plain = InstanceMetadata::build(&sample_record(), None).expect("builds");
+        assert_eq!(
+            text(
+                plain
+                    .version_root
+                    .lookup(&["meta-data", "events", "maintenance", "scheduled"])
+            ),
+            "[]"
+        );
+        assert!(plain.version_root.lookup(&["meta-data", "spot"]).is_none());
+    }
 }
