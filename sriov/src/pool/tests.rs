@@ -249,3 +249,37 @@ fn pool_can_be_restricted_to_some_pfs_and_rejects_bad_macs() {
         ));
     }
 }
+
+#[test]
+fn concurrent_leases_from_separate_pools_never_share_a_vf() {
+    let fixture = Arc::new(Fixture::new(7));
+    let leasers: Vec<_> = (0..8)
+        .map(|n| {
+            let fixture = Arc::clone(&fixture);
+            std::thread::spawn(move || {
+                let pool = fixture.open(std::process::id());
+                pool.lease(&format!("i-{n}"), mac(&format!("02:00:00:00:00:{n:02x}")))
+            })
+        })
+        .collect();
+    let results: Vec<_> = leasers
+        .into_iter()
+        .map(|leaser| leaser.join().unwrap())
+        .collect();
+    let mut leased: Vec<_> = results
+        .iter()
+        .filter_map(|result| result.as_ref().ok().map(|lease| lease.bdf))
+        .collect();
+    leased.sort();
+    leased.dedup();
+    assert_eq!(leased.len(), 7, "{results:?}");
+    let refused: Vec<_> = results
+        .iter()
+        .filter_map(|result| result.as_ref().err())
+        .collect();
+    assert_eq!(refused.len(), 1, "{results:?}");
+    assert!(
+        matches!(refused[0], Error::PoolExhausted { .. }),
+        "{refused:?}"
+    );
+}
