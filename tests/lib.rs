@@ -59,9 +59,13 @@ pub struct TesthostOutput {
     pub elapsed: Duration,
 }
 
+/// Test-host runs each take a whole core: one at a time per test process.
+static TESTHOST_SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Run `command` (a shell command line, cwd = the repository) inside the
 /// test host.
 pub fn testhost_run(command: &str, timeout: Duration) -> TesthostOutput {
+    let _one_at_a_time = TESTHOST_SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let script = repo_root().join("scripts/testhost.sh");
     assert!(script.is_file(), "{} is missing", script.display());
     let start = Instant::now();
@@ -93,6 +97,28 @@ pub fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
         .map(str::trim)
 }
 
+/// Base64 (standard alphabet, padded), for `vmm.run=` guest snippets.
+pub fn base64(data: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
 /// Quote for a POSIX shell.
 pub fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
@@ -109,5 +135,8 @@ mod tests {
         assert_eq!(field(t, "VMM-GUEST-MEMTOTAL"), Some("200000"));
         assert_eq!(field(t, "MISSING"), None);
         assert_eq!(sh_quote("a'b"), r"'a'\''b'");
+        assert_eq!(base64(b"hello"), "aGVsbG8=");
+        assert_eq!(base64(b"hi!"), "aGkh");
+        assert_eq!(base64(b"ab"), "YWI=");
     }
 }

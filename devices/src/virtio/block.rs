@@ -314,60 +314,71 @@ impl Worker {
         }
     }
 
-    /// Serve one request; returns the bytes written into guest buffers.
     fn serve(
         &mut self,
         mem: &GuestMemoryMmap,
         chain: virtio_queue::DescriptorChain<&GuestMemoryMmap>,
     ) -> u32 {
-        let (mut reader, mut writer) =
-            match (Reader::new(mem, chain.clone()), Writer::new(mem, chain)) {
-                (Ok(r), Ok(w)) => (r, w),
-                _ => {
-                    log::warn!(
-                        "virtio-blk q{}: descriptor chain outside guest memory",
-                        self.index
-                    );
-                    return 0;
-                }
-            };
-        if writer.available_bytes() == 0 {
-            log::warn!("virtio-blk q{}: request without a status byte", self.index);
-            return 0;
-        }
-        // The status byte is the last writable byte.
-        let status_at = writer.available_bytes() - 1;
-        let mut status_writer = match writer.split_at(status_at) {
-            Ok(s) => s,
-            Err(_) => return 0,
-        };
-        let (status, data_written) = match execute(
-            &mut reader,
-            &mut writer,
+        handle_request(
+            mem,
+            chain,
             &*self.backend,
             self.read_only,
             &self.serial,
             &mut self.buffer,
-        ) {
+        )
+    }
+}
+
+/// Serve one request chain: parse, execute, write the status byte.
+/// Returns the number of bytes written into guest buffers (the used
+/// length), 0 when the chain is too broken to carry a status.
+fn handle_request(
+    mem: &GuestMemoryMmap,
+    chain: virtio_queue::DescriptorChain<&GuestMemoryMmap>,
+    backend: &dyn BlockBackend,
+    read_only: bool,
+    serial: &str,
+    buffer: &mut Vec<u8>,
+) -> u32 {
+    let (mut reader, mut writer) = match (Reader::new(mem, chain.clone()), Writer::new(mem, chain))
+    {
+        (Ok(r), Ok(w)) => (r, w),
+        _ => {
+            log::warn!("virtio-blk: descriptor chain outside guest memory");
+            return 0;
+        }
+    };
+    if writer.available_bytes() == 0 {
+        log::warn!("virtio-blk: request without a status byte");
+        return 0;
+    }
+    // The status byte is the last writable byte.
+    let status_at = writer.available_bytes() - 1;
+    let mut status_writer = match writer.split_at(status_at) {
+        Ok(s) => s,
+        Err(_) => return 0,
+    };
+    let (status, data_written) =
+        match execute(&mut reader, &mut writer, backend, read_only, serial, buffer) {
             Ok(n) => (S_OK, n),
             Err(RequestError::Unsupported(t)) => {
                 log::debug!("virtio-blk: unsupported request type {t}");
                 (S_UNSUPP, 0)
             }
             Err(RequestError::Invalid(why)) => {
-                log::warn!("virtio-blk q{}: bad request: {why}", self.index);
+                log::warn!("virtio-blk: bad request: {why}");
                 (S_IOERR, 0)
             }
             Err(RequestError::Io(why)) => {
-                log::warn!("virtio-blk q{}: I/O error: {why}", self.index);
+                log::warn!("virtio-blk: I/O error: {why}");
                 (S_IOERR, 0)
             }
         };
-        if status_writer.write_all(&[status]).is_err() {
-            return data_written as u32;
-        }
-        (data_written + 1) as u32
+    if status_writer.write_all(&[status]).is_err() {
+        return data_written as u32;
     }
+    (data_written + 1) as u32
 }
 
 fn check_range(sector: u64, len: u64, capacity: u64) -> Result<u64, RequestError> {
