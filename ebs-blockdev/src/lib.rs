@@ -7,3 +7,4 @@ pub mod engine;
 pub mod nbd;
 pub mod qos;
 pub mod service;
+pub mod snapshot;

@@ -55,6 +55,18 @@ impl ApiClient {
         path: &str,
         body: &[u8],
     ) -> Result<(u16, Vec<u8>), ApiCallError> {
+        let reply = self.send(method, path, &[], body)?;
+        Ok((reply.status, reply.body))
+    }
+
+    /// Sends one request with extra headers; returns status, headers and body.
+    pub fn send(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<ApiReply, ApiCallError> {
         let unreachable = |source| ApiCallError::Unreachable {
             target: self.target_text(),
             source,
@@ -70,10 +82,20 @@ impl ApiClient {
         stream
             .set_timeout(Duration::from_secs(600))
             .map_err(unreachable)?;
-        let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: ebsd\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: ebsd\r\nContent-Length: {}\r\nConnection: close\r\n",
             body.len()
         );
+        if !headers
+            .iter()
+            .any(|(field, _)| field.eq_ignore_ascii_case("content-type"))
+        {
+            head.push_str("Content-Type: application/json\r\n");
+        }
+        for (field, value) in headers {
+            head.push_str(&format!("{field}: {value}\r\n"));
+        }
+        head.push_str("\r\n");
         stream
             .write_all(head.as_bytes())
             .and_then(|()| stream.write_all(body))
@@ -122,7 +144,24 @@ impl ReadWrite for TcpStream {
     }
 }
 
-fn parse_response(response: &[u8]) -> Result<(u16, Vec<u8>), ApiCallError> {
+/// A raw HTTP reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiReply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl ApiReply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(field, _)| field.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.as_str())
+    }
+}
+
+fn parse_response(response: &[u8]) -> Result<ApiReply, ApiCallError> {
     let split = response
         .windows(4)
         .position(|window| window == b"\r\n\r\n")
@@ -139,14 +178,21 @@ fn parse_response(response: &[u8]) -> Result<(u16, Vec<u8>), ApiCallError> {
         let line = line.to_ascii_lowercase();
         line.starts_with("transfer-encoding:") && line.contains("chunked")
     });
-    Ok((
+    let headers = head
+        .lines()
+        .skip(1)
+        .filter_map(|line| line.split_once(':'))
+        .map(|(field, value)| (field.trim().to_string(), value.trim().to_string()))
+        .collect();
+    Ok(ApiReply {
         status,
-        if chunked {
+        headers,
+        body: if chunked {
             dechunk(body)?
         } else {
             body.to_vec()
         },
-    ))
+    })
 }
 
 fn dechunk(mut body: &[u8]) -> Result<Vec<u8>, ApiCallError> {
@@ -178,9 +224,15 @@ mod tests {
     #[test]
     fn parses_plain_and_chunked_responses() {
         let plain = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 2\r\n\r\n{}";
-        assert_eq!(parse_response(plain).unwrap(), (400, b"{}".to_vec()));
+        let reply = parse_response(plain).unwrap();
+        assert_eq!((reply.status, reply.body), (400, b"{}".to_vec()));
+        assert_eq!(
+            parse_response(plain).unwrap().header("content-length"),
+            Some("2")
+        );
         let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
-        assert_eq!(parse_response(chunked).unwrap(), (200, b"abcde".to_vec()));
+        let reply = parse_response(chunked).unwrap();
+        assert_eq!((reply.status, reply.body), (200, b"abcde".to_vec()));
         assert!(parse_response(b"garbage").is_err());
     }
 }

@@ -4,6 +4,7 @@
 //! (caller's fault) or 500.
 
 pub mod client;
+mod direct;
 
 use std::io::Read;
 use std::sync::Arc;
@@ -13,6 +14,10 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::control::snapshot::{
+    CopySnapshotRequest, CreateSnapshotRequest, DeleteSnapshotRequest, DescribeSnapshotsRequest,
+    EnableFastSnapshotRestoresRequest,
+};
 use crate::control::{
     AttachVolumeRequest, ControlError, CreateVolumeRequest, DescribeVolumesRequest,
     DetachVolumeRequest, ModifyVolumeRequest,
@@ -22,11 +27,65 @@ use crate::service::Service;
 /// Largest request body accepted.
 const MAX_BODY: u64 = 1 << 20;
 
+/// One API request, independent of the transport.
+pub struct ApiRequest<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    /// The raw query string (without '?').
+    pub query: &'a str,
+    pub headers: &'a [(String, String)],
+    pub body: &'a [u8],
+}
+
+impl ApiRequest<'_> {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(field, _)| field.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.as_str())
+    }
+
+    pub fn query_parameter(&self, name: &str) -> Option<String> {
+        self.query.split('&').find_map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (key == name).then(|| percent_decode(value))
+        })
+    }
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        let decoded = (bytes[index] == b'%')
+            .then(|| text.get(index + 1..index + 3))
+            .flatten()
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match (decoded, bytes[index]) {
+            (Some(byte), _) => {
+                out.push(byte);
+                index += 3;
+            }
+            (None, b'+') => {
+                out.push(b' ');
+                index += 1;
+            }
+            (None, byte) => {
+                out.push(byte);
+                index += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// The reply to one API call, independent of the transport.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApiResponse {
     pub status: u16,
     pub content_type: &'static str,
+    pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
 }
 
@@ -37,6 +96,7 @@ impl ApiResponse {
         ApiResponse {
             status,
             content_type: "application/json",
+            headers: Vec::new(),
             body,
         }
     }
@@ -49,8 +109,21 @@ impl ApiResponse {
     }
 
     fn from_control_error(error: &ControlError) -> Self {
-        let status = if error.is_client_error() { 400 } else { 500 };
+        let status = match error {
+            ControlError::ResourceNotFound(_) => 404,
+            error if error.is_client_error() => 400,
+            _ => 500,
+        };
         Self::error(status, error.code(), &error.to_string())
+    }
+
+    fn text(body: String) -> Self {
+        ApiResponse {
+            status: 200,
+            content_type: "text/plain; version=0.0.4",
+            headers: Vec::new(),
+            body: body.into_bytes(),
+        }
     }
 }
 
@@ -80,26 +153,19 @@ fn to_value<T: serde::Serialize>(value: &T) -> Value {
 }
 
 /// Routes one request. Public so tests can drive the API without sockets.
-pub fn handle(service: &Service, method: &str, path: &str, body: &[u8]) -> ApiResponse {
-    match (method, path) {
-        ("GET", "/healthz") => ApiResponse {
-            status: 200,
-            content_type: "text/plain",
-            body: b"ok\n".to_vec(),
-        },
-        ("GET", "/metrics") => ApiResponse {
-            status: 200,
-            content_type: "text/plain; version=0.0.4",
-            body: render_metrics(service).into_bytes(),
-        },
+pub fn handle(service: &Arc<Service>, request: &ApiRequest) -> ApiResponse {
+    match (request.method, request.path) {
+        ("GET", "/healthz") => ApiResponse::text("ok\n".into()),
+        ("GET", "/metrics") => ApiResponse::text(render_metrics(service)),
         ("POST", path) if path.starts_with("/v1/") => {
             let action = &path["/v1/".len()..];
-            match dispatch(service, action, body) {
+            match dispatch(service, action, request.body) {
                 Ok(value) => ApiResponse::json(200, &value),
                 Err(response) => response,
             }
         }
-        _ => ApiResponse::error(
+        (_, path) if path.starts_with("/snapshots") => direct::route(service, request),
+        (method, path) => ApiResponse::error(
             404,
             "NotFound",
             &format!("no route for {method} {path}; actions are POST /v1/<Action>"),
@@ -107,7 +173,7 @@ pub fn handle(service: &Service, method: &str, path: &str, body: &[u8]) -> ApiRe
     }
 }
 
-fn dispatch(service: &Service, action: &str, body: &[u8]) -> Result<Value, ApiResponse> {
+fn dispatch(service: &Arc<Service>, action: &str, body: &[u8]) -> Result<Value, ApiResponse> {
     let control = |error: ControlError| ApiResponse::from_control_error(&error);
     let value = match action {
         "CreateVolume" => to_value(
@@ -137,6 +203,33 @@ fn dispatch(service: &Service, action: &str, body: &[u8]) -> Result<Value, ApiRe
                 .attach_volume(&parse::<AttachVolumeRequest>(body)?)
                 .map_err(control)?,
         ),
+        "CreateSnapshot" => to_value(
+            &service
+                .create_snapshot(&parse::<CreateSnapshotRequest>(body)?)
+                .map_err(control)?,
+        ),
+        "DeleteSnapshot" => {
+            let request: DeleteSnapshotRequest = parse(body)?;
+            service
+                .delete_snapshot(&request.snapshot_id)
+                .map_err(control)?;
+            json!({"Return": true})
+        }
+        "DescribeSnapshots" => {
+            let snapshots = service
+                .describe_snapshots(&parse::<DescribeSnapshotsRequest>(body)?)
+                .map_err(control)?;
+            json!({ "Snapshots": snapshots })
+        }
+        "CopySnapshot" => {
+            let copy = service
+                .copy_snapshot(&parse::<CopySnapshotRequest>(body)?)
+                .map_err(control)?;
+            json!({ "SnapshotId": copy.snapshot_id })
+        }
+        "EnableFastSnapshotRestores" => service
+            .enable_fast_snapshot_restores(&parse::<EnableFastSnapshotRestoresRequest>(body)?)
+            .map_err(control)?,
         "DetachVolume" => to_value(
             &service
                 .detach_volume(&parse::<DetachVolumeRequest>(body)?)
@@ -198,12 +291,18 @@ pub fn serve(
                     }
                 };
                 let method = request.method().as_str().to_uppercase();
-                let path = request
-                    .url()
-                    .split('?')
-                    .next()
-                    .unwrap_or_default()
-                    .to_string();
+                let url = request.url().to_string();
+                let (path, query) = url.split_once('?').unwrap_or((url.as_str(), ""));
+                let headers: Vec<(String, String)> = request
+                    .headers()
+                    .iter()
+                    .map(|header| {
+                        (
+                            header.field.as_str().as_str().to_string(),
+                            header.value.as_str().to_string(),
+                        )
+                    })
+                    .collect();
                 let mut body = Vec::new();
                 let read = request
                     .as_reader()
@@ -218,7 +317,16 @@ pub fn serve(
                     Ok(_) if body.len() as u64 > MAX_BODY => {
                         ApiResponse::error(413, "RequestTooLarge", "request body over 1 MiB")
                     }
-                    Ok(_) => handle(&service, &method, &path, &body),
+                    Ok(_) => handle(
+                        &service,
+                        &ApiRequest {
+                            method: &method,
+                            path,
+                            query,
+                            headers: &headers,
+                            body: &body,
+                        },
+                    ),
                 };
                 log::debug!("api: {method} {path} -> {}", response.status);
                 let header = tiny_http::Header::from_bytes("Content-Type", response.content_type)
@@ -226,9 +334,16 @@ pub fn serve(
                         tiny_http::Header::from_bytes("Content-Type", "text/plain")
                             .expect("static header")
                     });
-                let reply = tiny_http::Response::from_data(response.body)
+                let mut reply = tiny_http::Response::from_data(response.body)
                     .with_status_code(response.status)
                     .with_header(header);
+                for (field, value) in &response.headers {
+                    if let Ok(extra) =
+                        tiny_http::Header::from_bytes(field.as_bytes(), value.as_bytes())
+                    {
+                        reply.add_header(extra);
+                    }
+                }
                 if let Err(error) = request.respond(reply) {
                     log::info!("api: reply failed: {error}");
                 }

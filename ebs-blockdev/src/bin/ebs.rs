@@ -100,6 +100,36 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    CreateSnapshot {
+        #[arg(long)]
+        volume_id: String,
+        #[arg(long)]
+        description: Option<String>,
+    },
+    DeleteSnapshot {
+        #[arg(long)]
+        snapshot_id: String,
+    },
+    DescribeSnapshots {
+        #[arg(long, num_args = 1..)]
+        snapshot_ids: Vec<String>,
+    },
+    CopySnapshot {
+        #[arg(long)]
+        source_snapshot_id: String,
+        #[arg(long)]
+        description: Option<String>,
+        #[arg(long)]
+        encrypted: bool,
+        #[arg(long)]
+        kms_key_id: Option<String>,
+    },
+    EnableFastSnapshotRestores {
+        #[arg(long, num_args = 1..)]
+        source_snapshot_ids: Vec<String>,
+        #[arg(long, num_args = 1.., env = "EBS_AVAILABILITY_ZONE", default_value = "local-1a")]
+        availability_zones: Vec<String>,
+    },
     /// Copies a raw image into a volume through its NBD export.
     CopyImageToVolume(CopyArgs),
     /// Copies a volume into a raw image (sparse) through its NBD export.
@@ -211,6 +241,46 @@ fn api_request(command: &Command) -> Option<(&'static str, Value)> {
             put(&mut body, "InstanceId", instance_id.clone());
             put(&mut body, "Force", force.then_some(true));
             "DetachVolume"
+        }
+        Command::CreateSnapshot {
+            volume_id,
+            description,
+        } => {
+            put(&mut body, "VolumeId", Some(volume_id.clone()));
+            put(&mut body, "Description", description.clone());
+            "CreateSnapshot"
+        }
+        Command::DeleteSnapshot { snapshot_id } => {
+            put(&mut body, "SnapshotId", Some(snapshot_id.clone()));
+            "DeleteSnapshot"
+        }
+        Command::DescribeSnapshots { snapshot_ids } => {
+            body.insert("SnapshotIds".into(), json!(snapshot_ids));
+            "DescribeSnapshots"
+        }
+        Command::CopySnapshot {
+            source_snapshot_id,
+            description,
+            encrypted,
+            kms_key_id,
+        } => {
+            put(
+                &mut body,
+                "SourceSnapshotId",
+                Some(source_snapshot_id.clone()),
+            );
+            put(&mut body, "Description", description.clone());
+            put(&mut body, "Encrypted", encrypted.then_some(true));
+            put(&mut body, "KmsKeyId", kms_key_id.clone());
+            "CopySnapshot"
+        }
+        Command::EnableFastSnapshotRestores {
+            source_snapshot_ids,
+            availability_zones,
+        } => {
+            body.insert("SourceSnapshotIds".into(), json!(source_snapshot_ids));
+            body.insert("AvailabilityZones".into(), json!(availability_zones));
+            "EnableFastSnapshotRestores"
         }
         Command::CopyImageToVolume(_) | Command::CopyVolumeToImage(_) => return None,
     };

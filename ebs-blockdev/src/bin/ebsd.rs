@@ -44,6 +44,11 @@ struct ServeArgs {
     /// Optional TCP address for the HTTP/JSON API (e.g. 127.0.0.1:8780).
     #[arg(long)]
     api_listen: Option<String>,
+    /// Snapshot object store: a directory, or s3://bucket[/prefix] with AWS_ENDPOINT,
+    /// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION (and AWS_ALLOW_HTTP=true for
+    /// plain-HTTP endpoints) from the environment. Default: DATA_DIR/objects.
+    #[arg(long)]
+    snapshot_store: Option<String>,
     /// API worker threads.
     #[arg(long, default_value_t = 4)]
     api_workers: usize,
@@ -116,6 +121,7 @@ fn serve(args: ServeArgs) -> Result<()> {
     let service = Service::open(ServiceConfig {
         data_dir: args.data_dir.clone(),
         nbd_endpoints: advertised.clone(),
+        snapshot_store: args.snapshot_store.clone(),
     })
     .with_context(|| format!("open data directory {}", args.data_dir.display()))?;
     let nbd = NbdServer::new(Arc::clone(&service) as _);

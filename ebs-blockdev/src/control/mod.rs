@@ -5,6 +5,7 @@
 //! records; `crate::service` carries the decision out on the storage engine and persists it.
 
 pub mod ids;
+pub mod snapshot;
 pub mod volume;
 pub mod volume_type;
 
@@ -43,6 +44,12 @@ pub enum ControlError {
     SnapshotNotFound(String),
     #[error("{0}")]
     Unsupported(String),
+    /// EBS direct APIs: a request that fails validation.
+    #[error("{0}")]
+    Validation(String),
+    /// EBS direct APIs: no such snapshot or block.
+    #[error("{0}")]
+    ResourceNotFound(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -63,6 +70,8 @@ impl ControlError {
             ControlError::AttachmentNotFound(_) => "InvalidAttachment.NotFound",
             ControlError::SnapshotNotFound(_) => "InvalidSnapshot.NotFound",
             ControlError::Unsupported(_) => "UnsupportedOperation",
+            ControlError::Validation(_) => "ValidationException",
+            ControlError::ResourceNotFound(_) => "ResourceNotFoundException",
             ControlError::Internal(_) => "InternalError",
         }
     }

@@ -8,13 +8,16 @@
 
 pub mod blockmap;
 pub mod durable;
+mod source;
+
+pub use source::{BlockSource, CaptureSession};
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 pub use blockmap::{BlockMap, BLOCK_SIZE};
 use durable::{replace_file_atomically, sync_directory};
@@ -34,6 +37,10 @@ pub enum EngineError {
     OutOfRange { offset: u64, length: u64, size: u64 },
     #[error("corrupt metadata: {0}")]
     CorruptMetadata(String),
+    #[error("{0}")]
+    Busy(String),
+    #[error("snapshot source: {0}")]
+    Source(String),
     #[error("a volume can only grow: {requested} bytes is smaller than {current}")]
     ShrinkRefused { requested: u64, current: u64 },
 }
@@ -74,6 +81,12 @@ pub struct BlockStore {
     directory: PathBuf,
     data: File,
     map_state: Mutex<MapState>,
+    /// Where blocks not yet local come from (a snapshot), while any remain.
+    source: Mutex<Option<Arc<dyn BlockSource>>>,
+    /// Serialises hydration with writes to blocks that are not local yet.
+    hydration_lock: Mutex<()>,
+    /// The snapshot being taken, whose blocks must be preserved before overwrites.
+    capture: Mutex<Option<source::Capture>>,
     /// Serialises "sync data, then persist map" so maps are written in order.
     sync_lock: Mutex<()>,
 }
@@ -81,6 +94,27 @@ pub struct BlockStore {
 impl BlockStore {
     /// Creates the directory and an empty volume of `size` bytes.
     pub fn create(directory: &Path, size: u64) -> Result<Self, EngineError> {
+        Self::create_with_blocks_from_source(directory, size, 0)
+    }
+
+    /// Creates a volume whose first `source_size` bytes come from `source` (a snapshot),
+    /// fetched on first access or by [`BlockStore::hydrate_all`].
+    pub fn create_from_source(
+        directory: &Path,
+        size: u64,
+        source_size: u64,
+        source: Arc<dyn BlockSource>,
+    ) -> Result<Self, EngineError> {
+        let store = Self::create_with_blocks_from_source(directory, size, source_size)?;
+        store.attach_source(source);
+        Ok(store)
+    }
+
+    fn create_with_blocks_from_source(
+        directory: &Path,
+        size: u64,
+        source_size: u64,
+    ) -> Result<Self, EngineError> {
         fs::create_dir_all(directory)
             .map_err(io_context(format!("create {}", directory.display())))?;
         let data_path = directory.join(DATA_FILE);
@@ -92,7 +126,10 @@ impl BlockStore {
             .map_err(io_context(format!("create {}", data_path.display())))?;
         data.set_len(size).map_err(io_context("size data file"))?;
         data.sync_all().map_err(io_context("sync data file"))?;
-        let mut map = BlockMap::new(size, false);
+        let mut map = BlockMap::new(size, source_size > 0);
+        for block in blockmap::block_count(source_size.min(size))..blockmap::block_count(size) {
+            map.local.set(block, true);
+        }
         map.clean_shutdown = true;
         replace_file_atomically(&directory.join(MAP_FILE), &map.encode())
             .map_err(io_context("write block map"))?;
@@ -133,6 +170,9 @@ impl BlockStore {
             directory: directory.to_path_buf(),
             data,
             map_state: Mutex::new(MapState { map, dirty: true }),
+            source: Mutex::new(None),
+            hydration_lock: Mutex::new(()),
+            capture: Mutex::new(None),
             sync_lock: Mutex::new(()),
         };
         store.persist_map()?;
@@ -213,6 +253,7 @@ impl BlockStore {
 
     pub fn read_at(&self, offset: u64, buffer: &mut [u8]) -> Result<(), EngineError> {
         self.check_range(offset, buffer.len() as u64)?;
+        self.make_local(offset, buffer.len() as u64, false)?;
         self.data
             .read_exact_at(buffer, offset)
             .map_err(io_context(format!(
@@ -224,6 +265,7 @@ impl BlockStore {
     /// Writes `bytes` at `offset`; with `fua` the write is durable when this returns.
     pub fn write_at(&self, offset: u64, bytes: &[u8], fua: bool) -> Result<(), EngineError> {
         self.check_range(offset, bytes.len() as u64)?;
+        self.prepare_modification(offset, bytes.len() as u64)?;
         // The map is marked before the data lands so a concurrent FLUSH that syncs this
         // write also persists its block's bits.
         self.mark_blocks(offset, bytes.len() as u64, true);
@@ -242,6 +284,7 @@ impl BlockStore {
     /// Discards a range: its space is freed and it reads as zeros.
     pub fn trim(&self, offset: u64, length: u64, fua: bool) -> Result<(), EngineError> {
         self.check_range(offset, length)?;
+        self.prepare_modification(offset, length)?;
         self.punch_hole(offset, length)?;
         self.mark_blocks(offset, length, false);
         if fua {
@@ -262,6 +305,7 @@ impl BlockStore {
             return self.trim(offset, length, fua);
         }
         self.check_range(offset, length)?;
+        self.prepare_modification(offset, length)?;
         self.mark_blocks(offset, length, true);
         if self
             .fallocate(libc::FALLOC_FL_ZERO_RANGE, offset, length)
@@ -341,6 +385,9 @@ impl BlockStore {
     }
 
     fn persist_map_locked(&self) -> Result<(), EngineError> {
+        // Blocks of a snapshot still being taken stay "changed" on disk until it
+        // completes, so a crash meanwhile cannot hide them from the next snapshot.
+        let capturing = self.capture_pending_blocks();
         let encoded = {
             let mut state = self.lock_map();
             if !state.dirty {
@@ -348,7 +395,16 @@ impl BlockStore {
             }
             state.dirty = false;
             state.map.generation += 1;
-            state.map.encode()
+            match capturing {
+                Some(pending) => {
+                    let mut map = state.map.clone();
+                    for block in pending {
+                        map.changed.set(block, true);
+                    }
+                    map.encode()
+                }
+                None => state.map.encode(),
+            }
         };
         let result = replace_file_atomically(&self.directory.join(MAP_FILE), &encoded)
             .map_err(io_context("persist block map"));
@@ -418,7 +474,9 @@ impl BlockStore {
 
 /// After a crash the persisted map may miss blocks written (or trimmed) after the last
 /// FLUSH. Every block that holds data now, or did at the last persisted map, is marked
-/// allocated and changed so the next snapshot re-reads it.
+/// allocated and changed so the next snapshot re-reads it. `local` bits are left alone:
+/// a block not yet hydrated may hold a torn, unflushed hydration, which the next access
+/// overwrites from the source again.
 fn reconcile_after_crash(data: &File, map: &mut BlockMap) -> Result<(), EngineError> {
     let previously_allocated: Vec<u64> = map.allocated.iter_ones().collect();
     for block in previously_allocated {
@@ -440,7 +498,6 @@ fn reconcile_after_crash(data: &File, map: &mut BlockMap) -> Result<(), EngineEr
         for block in data_start / BLOCK_SIZE..=(data_end - 1) / BLOCK_SIZE {
             map.allocated.set(block, true);
             map.changed.set(block, true);
-            map.local.set(block, true);
         }
         position = data_end;
     }
@@ -468,3 +525,7 @@ fn seek(fd: i32, offset: u64, whence: i32) -> Result<Option<u64>, EngineError> {
 #[cfg(test)]
 #[path = "engine_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "source_tests.rs"]
+mod source_tests;

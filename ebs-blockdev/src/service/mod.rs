@@ -9,8 +9,13 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
+mod crypto;
+pub mod direct;
+mod snapshots;
+
+use crate::control::snapshot::SnapshotTable;
 use crate::control::volume::EXPORT_TOKEN_SEPARATOR;
 use crate::control::{
     AttachVolumeRequest, ControlError, CreateVolumeRequest, DescribeVolumesRequest,
@@ -21,6 +26,7 @@ use crate::engine::durable::replace_file_atomically;
 use crate::engine::{BlockStore, EngineError};
 use crate::nbd::{Export, ExportProvider, ExportRefusal, IoDirection, IoThrottle};
 use crate::qos::{Clock, MonotonicClock, QosPolicy, QosSnapshot, VolumeQos};
+use crate::snapshot::SnapshotStorage;
 
 const CONTROL_FILE: &str = "control.json";
 const VOLUMES_DIR: &str = "volumes";
@@ -68,7 +74,19 @@ struct OpenVolume {
 
 struct ServiceState {
     table: VolumeTable,
+    snapshots: SnapshotTable,
     open: HashMap<String, OpenVolume>,
+    /// Snapshots being written through the EBS direct APIs.
+    direct_uploads: HashMap<String, direct::DirectUpload>,
+}
+
+/// What control.json holds.
+#[derive(Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ControlFile {
+    volumes: VolumeTable,
+    #[serde(default)]
+    snapshots: SnapshotTable,
 }
 
 /// How consumers reach the NBD export (reported by AttachVolume).
@@ -76,6 +94,9 @@ struct ServiceState {
 pub struct ServiceConfig {
     pub data_dir: PathBuf,
     pub nbd_endpoints: Vec<String>,
+    /// Object store for snapshots: a directory, or `s3://bucket[/prefix]` (credentials
+    /// and endpoint from AWS_* variables). Default: DATA_DIR/objects.
+    pub snapshot_store: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -198,6 +219,7 @@ impl VolumeMetrics {
 pub struct Service {
     config: ServiceConfig,
     clock: Arc<dyn Clock>,
+    storage: Arc<SnapshotStorage>,
     state: Mutex<ServiceState>,
 }
 
@@ -216,14 +238,27 @@ impl Service {
         fs::create_dir_all(config.data_dir.join(VOLUMES_DIR))
             .map_err(io_error("create data directory"))?;
         let control_path = config.data_dir.join(CONTROL_FILE);
-        let mut table: VolumeTable = match fs::read(&control_path) {
+        let ControlFile {
+            volumes: mut table,
+            mut snapshots,
+        } = match fs::read(&control_path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|error| {
                 ControlError::Internal(format!("{} is corrupt: {error}", control_path.display()))
             })?,
-            Err(error) if error.kind() == io::ErrorKind::NotFound => VolumeTable::default(),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => ControlFile::default(),
             Err(error) => return Err(io_error("read control state")(error)),
         };
         let clock: Arc<dyn Clock> = Arc::new(MonotonicClock::default());
+        let location = config
+            .snapshot_store
+            .clone()
+            .unwrap_or_else(|| config.data_dir.join("objects").display().to_string());
+        let storage = Arc::new(
+            SnapshotStorage::open(&location)
+                .map_err(|error| ControlError::Internal(error.to_string()))?,
+        );
+        snapshots::fail_interrupted_snapshots(&mut snapshots);
+        let mut to_fill = Vec::new();
         let mut open = HashMap::new();
         let volumes: Vec<Volume> = table.all().cloned().collect();
         for volume in volumes {
@@ -242,6 +277,14 @@ impl Service {
                 }
                 VolumeState::Available | VolumeState::InUse => match BlockStore::open(&directory) {
                     Ok(store) => {
+                        let store = Arc::new(store);
+                        if snapshots::reattach_source(&store, &directory, &storage)? {
+                            to_fill.push((
+                                Arc::clone(&store),
+                                directory.clone(),
+                                volume.volume_id.clone(),
+                            ));
+                        }
                         // Attachments survive a restart: their consumers reconnect.
                         let revocations = volume
                             .attachments
@@ -257,7 +300,7 @@ impl Service {
                         open.insert(
                             volume.volume_id.clone(),
                             OpenVolume {
-                                store: Arc::new(store),
+                                store,
                                 counters: Arc::default(),
                                 qos,
                                 revocations,
@@ -275,9 +318,18 @@ impl Service {
         let service = Arc::new(Service {
             config,
             clock,
-            state: Mutex::new(ServiceState { table, open }),
+            storage,
+            state: Mutex::new(ServiceState {
+                table,
+                snapshots,
+                open,
+                direct_uploads: HashMap::new(),
+            }),
         });
         service.persist(&service.lock())?;
+        for (store, directory, volume_id) in to_fill {
+            snapshots::spawn_background_fill(store, directory, volume_id);
+        }
         Ok(service)
     }
 
@@ -297,7 +349,11 @@ impl Service {
 
     /// Writes the control state atomically (mode 0600: it holds attachment tokens).
     fn persist(&self, state: &ServiceState) -> Result<(), ControlError> {
-        let encoded = serde_json::to_vec_pretty(&state.table)
+        let file = ControlFile {
+            volumes: state.table.clone(),
+            snapshots: state.snapshots.clone(),
+        };
+        let encoded = serde_json::to_vec_pretty(&file)
             .map_err(|error| ControlError::Internal(format!("encode control state: {error}")))?;
         let path = self.config.data_dir.join(CONTROL_FILE);
         replace_file_atomically(&path, &encoded).map_err(io_error("persist control state"))?;
@@ -306,27 +362,33 @@ impl Service {
     }
 
     pub fn create_volume(&self, request: &CreateVolumeRequest) -> Result<Volume, ControlError> {
-        if request.snapshot_id.is_some() {
-            return Err(ControlError::Unsupported(
-                "creating volumes from snapshots is not available yet".into(),
-            ));
-        }
         if request.encrypted == Some(true) || request.kms_key_id.is_some() {
             return Err(ControlError::Unsupported(
                 "encrypted volumes are not available yet".into(),
             ));
         }
         let mut state = self.lock();
-        let volume = state.table.create(request, None)?;
+        let snapshot_size = match &request.snapshot_id {
+            Some(snapshot_id) => Some(state.snapshots.completed(snapshot_id)?.volume_size),
+            None => None,
+        };
+        let volume = state.table.create(request, snapshot_size)?;
         self.persist(&state)?;
-        let directory = self.volume_directory(&volume.volume_id);
-        match BlockStore::create(&directory, volume.size_bytes()) {
-            Ok(store) => {
+        match self.create_store(&state, &volume) {
+            Ok((store, fill_in_background)) => {
+                let store = Arc::new(store);
+                if fill_in_background {
+                    snapshots::spawn_background_fill(
+                        Arc::clone(&store),
+                        self.volume_directory(&volume.volume_id),
+                        volume.volume_id.clone(),
+                    );
+                }
                 let qos = new_qos(&volume, &self.clock)?;
                 state.open.insert(
                     volume.volume_id.clone(),
                     OpenVolume {
-                        store: Arc::new(store),
+                        store,
                         counters: Arc::default(),
                         qos,
                         revocations: HashMap::new(),
@@ -349,7 +411,7 @@ impl Service {
                     .table
                     .set_state(&volume.volume_id, VolumeState::Error)?;
                 self.persist(&state)?;
-                Err(error.into())
+                Err(error)
             }
         }
     }
