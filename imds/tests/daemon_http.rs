@@ -208,12 +208,20 @@ fn requests_over_the_rate_limit_get_503() {
     )]);
     let daemon = Daemon::start(&dir, &config, &[]);
     let mut client = connect(daemon.port);
+    let started = std::time::Instant::now();
     let statuses: Vec<u16> = (0..12)
         .map(|_| send(&mut client, "GET /latest/meta-data/ HTTP/1.1\r\n\r\n").status)
         .collect();
+    // A burst of 5, plus 5 per second of however long a loaded machine took to send them.
+    let refilled = (started.elapsed().as_secs_f64() * 5.0).ceil() as usize;
     let ok = statuses.iter().filter(|&&status| status == 200).count();
     let throttled = statuses.iter().filter(|&&status| status == 503).count();
-    assert!((5..=6).contains(&ok), "{statuses:?}");
+    assert!(
+        ok >= 5 && ok <= 5 + refilled,
+        "{statuses:?} in {:?}",
+        started.elapsed()
+    );
+    assert!(throttled >= 1 || refilled >= 7, "{statuses:?}");
     assert_eq!(ok + throttled, statuses.len(), "{statuses:?}");
     std::thread::sleep(Duration::from_millis(1100));
     assert_eq!(
