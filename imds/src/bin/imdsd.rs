@@ -171,17 +171,26 @@ async fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// Reloads off the runtime thread: signing every instance's identity document takes about a
+/// millisecond each, and requests keep being served from the old table meanwhile.
+async fn reload(reloader: &Arc<Reloader>, why: &'static str) {
+    let worker = Arc::clone(reloader);
+    match tokio::task::spawn_blocking(move || worker.reload()).await {
+        Ok(Ok(count)) => log::info!("reloaded ({why}): {count} instance(s)"),
+        Ok(Err(error)) => {
+            log::error!("reload ({why}) failed, keeping the previous config: {error}")
+        }
+        Err(join_error) => log::error!("reload ({why}) crashed: {join_error}"),
+    }
+}
+
 fn spawn_reload_triggers(reloader: Arc<Reloader>, watch_interval: u64) -> Result<()> {
-    let reload = |reloader: &Reloader, why: &str| match reloader.reload() {
-        Ok(count) => log::info!("reloaded ({why}): {count} instance(s)"),
-        Err(error) => log::error!("reload ({why}) failed, keeping the previous config: {error}"),
-    };
     let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("installing the SIGHUP handler")?;
     let on_signal = Arc::clone(&reloader);
     tokio::spawn(async move {
         while hangups.recv().await.is_some() {
-            reload(&on_signal, "SIGHUP");
+            reload(&on_signal, "SIGHUP").await;
         }
     });
     if watch_interval > 0 {
@@ -193,7 +202,7 @@ fn spawn_reload_triggers(reloader: Arc<Reloader>, watch_interval: u64) -> Result
                 let current = reloader.fingerprint();
                 if current.is_some() && current != last_seen {
                     last_seen = current;
-                    reload(&reloader, "file changed");
+                    reload(&reloader, "file changed").await;
                 }
             }
         });
