@@ -40,7 +40,7 @@ fn open_tap(name: &str) -> File {
     };
     assert!(
         fd >= 0,
-        "open /dev/net/tun: {}",
+        "open /dev/net/tun: {} (this test needs root and the tun module; {SETUP_HINT})",
         std::io::Error::last_os_error()
     );
     // SAFETY: fd was just opened by us and nothing else owns it.
@@ -56,7 +56,7 @@ fn open_tap(name: &str) -> File {
     let result = unsafe { libc::ioctl(tap.as_raw_fd(), TUNSETIFF as _, &mut request) };
     assert!(
         result == 0,
-        "TUNSETIFF {name}: {}",
+        "TUNSETIFF {name}: {} (this test needs root: CAP_NET_ADMIN)",
         std::io::Error::last_os_error()
     );
     tap
