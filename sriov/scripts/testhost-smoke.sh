@@ -45,6 +45,8 @@ check "a second lease of the same VF is refused" contains "$out" "$vf is already
 out=$(pool lease --instance i-smoke2 --mac 02:00:00:00:00:11 --holder-pid $$ 2>&1)
 check "a second lease of the same MAC is refused" contains "$out" "MAC 02:00:00:00:00:11 is already in use"
 
+out=$("$SRIOVCTL" enable "$PF_IF" 0 --state-dir "$STATE" 2>&1)
+check "disabling VFs while one is leased is refused" contains "$out" "$vf (i-smoke1); release them first"
 check "release" pool release --vf "$vf" --instance i-smoke1
 check "released VF is back on igbvf" test "$(driver_of "$vf")" = igbvf
 check "released VF's MAC is cleared" lacks "$(ip link show "$PF_IF")" "link/ether 02:00:00:00:00:11"
@@ -60,6 +62,6 @@ check "its VF is back on igbvf" test "$(driver_of "$crashed")" = igbvf
 status=$(pool status 2>/dev/null)
 check "the pool lists both VFs" test "$(echo "$status" | grep -c ': free$')" = 2
 
-check "disable VFs" "$SRIOVCTL" enable "$PF_IF" 0
+check "disable VFs" "$SRIOVCTL" enable "$PF_IF" 0 --state-dir "$STATE"
 echo "sriov-smoke: $passed passed, $failed failed"
 test "$failed" = 0

@@ -1,7 +1,7 @@
 //! sriovctl: list SR-IOV PFs and VFs, enable VFs, change per-VF settings and drive the VF
 //! pool from the shell (the test host's scenarios use it).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use anyhow::{bail, Context, Result};
@@ -34,6 +34,12 @@ enum Command {
         /// The PF, by PCI address or interface name.
         pf: String,
         count: u32,
+        /// Refused while this pool leases VFs of the PF, unless --force.
+        #[arg(long, default_value = sriov::DEFAULT_POOL_DIR)]
+        state_dir: PathBuf,
+        /// Change the VFs even though instances hold some of them.
+        #[arg(long)]
+        force: bool,
     },
     /// Change one VF's settings through rtnetlink (like `ip link set PF vf N ...`).
     SetVf(SetVfArgs),
@@ -127,8 +133,16 @@ fn main() -> Result<()> {
     let sysfs = Sysfs::new(&cli.sysfs);
     match cli.command {
         Command::List { json } => list(&sysfs, json),
-        Command::Enable { pf, count } => {
+        Command::Enable {
+            pf,
+            count,
+            state_dir,
+            force,
+        } => {
             let pf = find_pf(&sysfs, &pf)?;
+            if !force && state_dir.exists() {
+                refuse_if_leased(&sysfs, &state_dir, &pf)?;
+            }
             set_num_vfs(&sysfs, &pf.address, count)?;
             println!("{}: {count} VFs", pf.address);
             Ok(())
@@ -170,6 +184,30 @@ fn list(sysfs: &Sysfs, json: bool) -> Result<()> {
                 or_dash(vf.ifname)
             );
         }
+    }
+    Ok(())
+}
+
+/// Changing the VF count removes every VF, including those passed through to instances.
+fn refuse_if_leased(sysfs: &Sysfs, state_dir: &Path, pf: &PhysicalFunction) -> Result<()> {
+    let mut config = PoolConfig::host();
+    config.sysfs = sysfs.clone();
+    let pool = Pool::open_with(state_dir, config)
+        .with_context(|| format!("opening the pool in {}", state_dir.display()))?;
+    let leased: Vec<String> = pool
+        .status()?
+        .into_iter()
+        .filter(|entry| entry.pf == pf.address)
+        .filter_map(|entry| entry.lease)
+        .map(|lease| format!("{} ({})", lease.bdf, lease.instance_id))
+        .collect();
+    if !leased.is_empty() {
+        bail!(
+            "VFs of {} are leased in {}: {}; release them first or use --force",
+            pf.address,
+            state_dir.display(),
+            leased.join(", ")
+        );
     }
     Ok(())
 }
