@@ -12,6 +12,7 @@ use serde_json::json;
 
 const INSTANCE_ID: &str = "i-0ddddddddddddddd4";
 const MAC: &str = "02:00:00:00:00:01";
+const SECOND_MAC: &str = "02:00:00:00:00:02";
 
 fn cloud_init_python() -> &'static Path {
     let python = Path::new("/usr/bin/python3");
@@ -43,6 +44,17 @@ fn signing_files(dir: &Path) -> (String, String) {
 fn start(dir: &Path, options: serde_json::Value) -> Daemon {
     let mut instance = instance_json(INSTANCE_ID, "127.0.0.1", options);
     instance["network_interfaces"][0]["private_ipv4s"] = json!(["172.31.16.10", "172.31.16.11"]);
+    // A second ENI in another subnet, attached as device 1.
+    let second_eni = json!({
+        "mac": SECOND_MAC, "interface_id": "eni-0456", "device_number": 1,
+        "private_ipv4s": ["172.31.32.5", "172.31.32.6"],
+        "subnet_id": "subnet-02", "subnet_ipv4_cidr_block": "172.31.32.0/20",
+        "vpc_id": "vpc-01", "vpc_ipv4_cidr_blocks": ["172.31.0.0/16"],
+        "security_groups": [{"id": "sg-02", "name": "backend"}]
+    });
+    if let Some(interfaces) = instance["network_interfaces"].as_array_mut() {
+        interfaces.push(second_eni);
+    }
     let (key, cert) = signing_files(dir);
     let mut config = host_config(vec![instance]);
     config["signing"] = json!({"private_key": key, "certificate": cert});
@@ -56,7 +68,7 @@ fn run_cloud_init(daemon: &Daemon, mode: &str) -> serde_json::Value {
             .arg(script)
             .arg(daemon.endpoint())
             .arg(mode)
-            .arg(MAC),
+            .arg(format!("{MAC},{SECOND_MAC}")),
     );
     serde_json::from_str(&stdout).unwrap_or_else(|error| panic!("{error}: {stdout}"))
 }
@@ -123,10 +135,18 @@ fn assert_yielded_what_we_served(result: &serde_json::Value) {
         result["public_keys"],
         json!(["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI test@imds"])
     );
-    let eth0 = &result["network_config"]["ethernets"]["eth0"];
+    // Both ENIs, matched by MAC, primary preferred by route metric, secondary addresses
+    // with their subnet's prefix.
+    let ethernets = &result["network_config"]["ethernets"];
+    let eth0 = &ethernets["eth0"];
     assert_eq!(eth0["match"]["macaddress"], MAC, "{result}");
     assert_eq!(eth0["dhcp4"], true);
+    assert_eq!(eth0["dhcp4-overrides"]["route-metric"], 100, "{result}");
     assert_eq!(eth0["addresses"], json!(["172.31.16.11/20"]), "{result}");
+    let eth1 = &ethernets["eth1"];
+    assert_eq!(eth1["match"]["macaddress"], SECOND_MAC, "{result}");
+    assert_eq!(eth1["dhcp4-overrides"]["route-metric"], 200, "{result}");
+    assert_eq!(eth1["addresses"], json!(["172.31.32.6/20"]), "{result}");
 }
 
 #[test]

@@ -1,6 +1,7 @@
 """Runs cloud-init's Ec2 datasource (Debian's cloud-init package) against a metadata URL.
 
-Usage: /usr/bin/python3 cloud_init_ec2.py URL aws|unidentified MAC
+Usage: /usr/bin/python3 cloud_init_ec2.py URL aws|unidentified MAC[,MAC...]
+(the MACs become eth0, eth1, ... in that order, as the guest's NICs would be named)
 
 Only the SMBIOS read is replaced: `_collect_platform_data` returns what our VMM presents
 (system UUID = serial = "ec2..." for "aws", an ordinary UUID otherwise). Everything else,
@@ -32,7 +33,8 @@ def platform_data(mode):
 
 
 def main():
-    url, mode, mac = sys.argv[1], sys.argv[2], sys.argv[3]
+    url, mode = sys.argv[1], sys.argv[2]
+    nics = {mac: f"eth{index}" for index, mac in enumerate(sys.argv[3].split(","))}
     scratch = tempfile.mkdtemp(prefix="imds-cloud-init-")
     paths = helpers.Paths({"cloud_dir": scratch, "run_dir": scratch})
     sys_cfg = {
@@ -54,7 +56,7 @@ def main():
         if found:
             network = ec2_datasource.convert_ec2_metadata_network_config(
                 datasource.metadata["network"],
-                macs_to_nics={mac: "eth0"},
+                macs_to_nics=nics,
                 fallback_nic="eth0",
             )
             user_data = datasource.userdata_raw
