@@ -120,6 +120,12 @@ impl FakeHost {
         fs::write(net.join("flags"), format!("{flags}\n")).unwrap();
     }
 
+    /// `ip link set OLD name NEW` as sysfs shows it.
+    pub(crate) fn rename_interface(&self, address: &PciAddress, old: &str, new: &str) {
+        let net = self.device_dir(address).join("net");
+        fs::rename(net.join(old), net.join(new)).unwrap();
+    }
+
     /// A device of any kind bound to `driver`, put into IOMMU group `group`.
     pub(crate) fn add_device_in_group(&self, address: &str, driver: &str, group: u32) {
         let address = pci(address);

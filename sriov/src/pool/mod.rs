@@ -329,9 +329,15 @@ impl Pool {
             mac: Some(MacAddress::ZERO),
             ..VfSettings::default()
         };
+        // The PF may have been renamed since the lease; its current name is what netlink
+        // knows.
+        let pf_ifname = match sysfs.physical_function(&record.pf) {
+            Ok(pf) => pf.ifname.unwrap_or_else(|| record.pf_ifname.clone()),
+            Err(_) => record.pf_ifname.clone(),
+        };
         self.config
             .configurator
-            .apply(&record.pf_ifname, record.vf_index, &clear_mac)?;
+            .apply(&pf_ifname, record.vf_index, &clear_mac)?;
         bind_driver(sysfs, &record.vf, record.original_driver.as_deref())
     }
 

@@ -283,3 +283,19 @@ fn concurrent_leases_from_separate_pools_never_share_a_vf() {
         "{refused:?}"
     );
 }
+
+#[test]
+fn release_clears_the_mac_through_the_pfs_current_interface_name() {
+    let fixture = Fixture::new(1);
+    let pool = fixture.open(std::process::id());
+    let lease = pool.lease("i-0001", mac("02:00:00:00:00:01")).unwrap();
+    fixture
+        .host
+        .rename_interface(&pci("0000:01:00.0"), "eth0", "enp1s0");
+    pool.release(&lease).unwrap();
+    let last = fixture.configurator.calls().pop().unwrap();
+    assert_eq!(
+        (last.pf_ifname.as_str(), last.settings.mac),
+        ("enp1s0", Some(MacAddress::ZERO))
+    );
+}
