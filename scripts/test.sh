@@ -29,7 +29,7 @@ cargo test --workspace "$@"
 for fuzz in scripts/fuzz-*.sh; do
     [ -e "$fuzz" ] || continue
     step "$fuzz (bounded)"
-    FUZZ_SECONDS="${FUZZ_SECONDS:-60}" bash "$fuzz"
+    bash "$fuzz" "${FUZZ_SECONDS:-60}"
 done
 
 step "all tests passed"

@@ -482,5 +482,84 @@ fn execute<B: vm_memory::bitmap::BitmapSlice>(
     }
 }
 
+/// Fuzzing entry point (built only with `--cfg fuzzing`, as cargo-fuzz
+/// does): `data` becomes a queue's descriptor table, available ring and
+/// guest memory contents; every available chain is served against an
+/// in-memory disk.
+#[cfg(fuzzing)]
+pub fn fuzz_queue(data: &[u8]) {
+    use vm_memory::{Bytes, GuestAddress};
+    struct Disk(std::sync::Mutex<Vec<u8>>);
+    impl BlockBackend for Disk {
+        fn size(&self) -> u64 {
+            64 * 1024
+        }
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+            let d = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            buf.copy_from_slice(&d[offset as usize..offset as usize + buf.len()]);
+            Ok(())
+        }
+        fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+            let mut d = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            d[offset as usize..offset as usize + buf.len()].copy_from_slice(buf);
+            Ok(())
+        }
+        fn flush(&self) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn discard(&self, offset: u64, len: u64) -> std::io::Result<()> {
+            self.write_zeroes(offset, len, true)
+        }
+        fn write_zeroes(&self, offset: u64, len: u64, _unmap: bool) -> std::io::Result<()> {
+            let mut d = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            d[offset as usize..(offset + len) as usize].fill(0);
+            Ok(())
+        }
+    }
+    const MEM: usize = 1 << 20;
+    let Some((&size_sel, rest)) = data.split_first() else {
+        return;
+    };
+    let size = 1u16 << (size_sel % 9); // 1..=256
+    let Ok(mem) = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM)]) else {
+        return;
+    };
+    // Everything the guest controls, laid over the start of its memory:
+    // descriptor table at 0, available ring at 0x1000, used ring at 0x2000.
+    let n = rest.len().min(MEM);
+    if mem.write_slice(&rest[..n], GuestAddress(0)).is_err() {
+        return;
+    }
+    let Ok(mut queue) = Queue::new(size) else {
+        return;
+    };
+    queue.set_size(size);
+    queue.set_desc_table_address(Some(0), Some(0));
+    queue.set_avail_ring_address(Some(0x1000), Some(0));
+    queue.set_used_ring_address(Some(0x2000), Some(0));
+    queue.set_ready(true);
+    if !queue.is_valid(&mem) {
+        return;
+    }
+    let disk = Disk(std::sync::Mutex::new(vec![0; 64 * 1024]));
+    let mut buffer = Vec::new();
+    // The avail index is guest-controlled: bound the work per input.
+    for _ in 0..512 {
+        let Some(chain) = queue.pop_descriptor_chain(&mem) else {
+            break;
+        };
+        let head = chain.head_index();
+        let used = handle_request(
+            &mem,
+            chain,
+            &disk,
+            size_sel & 0x80 != 0,
+            "fuzz",
+            &mut buffer,
+        );
+        let _ = queue.add_used(&mem, head, used);
+    }
+}
+
 #[cfg(test)]
 mod tests;
