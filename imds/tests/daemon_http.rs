@@ -498,3 +498,33 @@ fn ipv6_clients_are_served_and_get_the_hop_limit() {
         403
     );
 }
+
+#[test]
+fn multi_threaded_runtime_serves_concurrent_clients() {
+    let dir = scratch_dir("threads");
+    let config = host_config(vec![instance_json(INSTANCE_A, "127.0.0.1", json!({}))]);
+    let daemon = Daemon::start(&dir, &config, &["--threads", "2"]);
+    let port = daemon.port;
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut stream = connect(port);
+                (0..50)
+                    .map(|_| {
+                        send(
+                            &mut stream,
+                            "GET /latest/meta-data/instance-id HTTP/1.1\r\n\r\n",
+                        )
+                        .body
+                    })
+                    .filter(|body| body == INSTANCE_A)
+                    .count()
+            })
+        })
+        .collect();
+    let answered: usize = clients
+        .into_iter()
+        .map(|client| client.join().expect("client"))
+        .sum();
+    assert_eq!(answered, 8 * 50);
+}
