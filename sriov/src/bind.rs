@@ -98,6 +98,21 @@ fn wait_for_driver(sysfs: &Sysfs, device: &PciAddress, expected: Option<&str>) -
 /// (vfio-pci, pci-stub, pcieport) or a bridge, which is what the kernel requires before
 /// VFIO lets a process use the group.
 pub fn check_iommu_group_viable(sysfs: &Sysfs, group: u32) -> Result<()> {
+    check_group_members(sysfs, group, None)
+}
+
+/// Like [`check_iommu_group_viable`] but ignores `device`, the one about to be bound to
+/// vfio-pci: checked before anything is changed, so that a group that cannot become
+/// viable leaves the device and its settings untouched.
+pub(crate) fn check_iommu_group_viable_except(
+    sysfs: &Sysfs,
+    group: u32,
+    device: &PciAddress,
+) -> Result<()> {
+    check_group_members(sysfs, group, Some(device))
+}
+
+fn check_group_members(sysfs: &Sysfs, group: u32, ignored: Option<&PciAddress>) -> Result<()> {
     let devices_dir = sysfs.iommu_group_devices_dir(group);
     let entries = fs::read_dir(&devices_dir).map_err(|source| Error::SysfsRead {
         path: devices_dir.clone(),
@@ -120,6 +135,9 @@ pub fn check_iommu_group_viable(sysfs: &Sysfs, group: u32) -> Result<()> {
                 driver: "(not a PCI device)".to_string(),
             });
         };
+        if ignored == Some(&address) {
+            continue;
+        }
         let Some(driver) = sysfs.driver_of(&address)? else {
             continue;
         };
@@ -197,7 +215,7 @@ mod tests {
     fn a_probe_that_binds_nothing_is_reported() {
         let host = host_with_vfs(1);
         let vf = pci("0000:01:10.0");
-        host.refuse_probe(&vf);
+        host.refuse_probe(&vf, VFIO_PCI);
         let error = bind_driver(&host.sysfs(), &vf, Some(VFIO_PCI)).unwrap_err();
         assert_eq!(
             error.to_string(),

@@ -92,7 +92,9 @@ pub enum Error {
     #[error("pool state {path} is corrupt: {reason}")]
     PoolCorrupt { path: PathBuf, reason: String },
 
-    #[error("no free VF in the pool ({leased} leased of {total})")]
+    #[error(
+        "no free VF in the pool ({leased} leased of {total}; `sriovctl enable PF N` creates VFs)"
+    )]
     PoolExhausted { leased: usize, total: usize },
 
     #[error("VF {vf} is not in the pool")]

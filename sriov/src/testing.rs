@@ -33,8 +33,9 @@ pub(crate) struct FakeHost {
 struct FakeKernel {
     next_iommu_group: u32,
     resets: Vec<PciAddress>,
-    /// Devices for which drivers_probe binds nothing, as when a probe fails.
-    refuse_probe: Vec<PciAddress>,
+    /// (device, driver) pairs for which drivers_probe binds nothing, as when that
+    /// driver's probe fails.
+    refuse_probe: Vec<(PciAddress, String)>,
     /// The driver each device id gets from an ordinary probe.
     default_driver: BTreeMap<String, String>,
 }
@@ -160,8 +161,9 @@ impl FakeHost {
         bind(&self.root, &address, driver).unwrap();
     }
 
-    pub(crate) fn refuse_probe(&self, address: &PciAddress) {
-        self.kernel.lock().unwrap().refuse_probe.push(*address);
+    pub(crate) fn refuse_probe(&self, address: &PciAddress, driver: &str) {
+        let mut kernel = self.kernel.lock().unwrap();
+        kernel.refuse_probe.push((*address, driver.to_string()));
     }
 
     pub(crate) fn resets(&self) -> Vec<PciAddress> {
@@ -295,7 +297,7 @@ impl FakeKernel {
 
     fn probe(&mut self, root: &Path, address: &PciAddress) -> io::Result<()> {
         let dir = device_dir(root, address);
-        if dir.join("driver").exists() || self.refuse_probe.contains(address) {
+        if dir.join("driver").exists() {
             return Ok(());
         }
         let override_driver = fs::read_to_string(dir.join("driver_override"))?;
@@ -307,7 +309,10 @@ impl FakeKernel {
             self.default_driver.get(device_id.trim()).cloned()
         };
         match driver {
-            Some(driver) if root.join("bus/pci/drivers").join(&driver).exists() => {
+            Some(driver)
+                if root.join("bus/pci/drivers").join(&driver).exists()
+                    && !self.refuse_probe.contains(&(*address, driver.clone())) =>
+            {
                 bind(root, address, &driver)
             }
             _ => Ok(()),

@@ -18,7 +18,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::address::{MacAddress, PciAddress};
 use crate::bind::{
-    bind_driver, check_iommu_group_viable, reset_function, vfio_group_path, VFIO_PCI,
+    bind_driver, check_iommu_group_viable, check_iommu_group_viable_except, reset_function,
+    vfio_group_path, VFIO_PCI,
 };
 use crate::error::{Error, Result};
 use crate::netlink::NetlinkVfConfigurator;
@@ -204,6 +205,7 @@ impl Pool {
         let members = self.members()?;
         let vf = self.choose_vf(&state, &members, wanted)?;
         let iommu_group = vf.iommu_group.ok_or(Error::NoIommuGroup(vf.address))?;
+        check_iommu_group_viable_except(&self.config.sysfs, iommu_group, &vf.address)?;
         let pf_ifname = self
             .config
             .sysfs

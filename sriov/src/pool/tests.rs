@@ -104,7 +104,10 @@ fn leases_hand_out_each_vf_once_until_the_pool_is_exhausted() {
     let second = pool.lease("i-0002", mac("02:00:00:00:00:02")).unwrap();
     assert_ne!(first.bdf, second.bdf);
     let error = pool.lease("i-0003", mac("02:00:00:00:00:03")).unwrap_err();
-    assert_eq!(error.to_string(), "no free VF in the pool (2 leased of 2)");
+    assert_eq!(
+        error.to_string(),
+        "no free VF in the pool (2 leased of 2; `sriovctl enable PF N` creates VFs)"
+    );
 
     pool.release(&first).unwrap();
     let third = pool.lease("i-0003", mac("02:00:00:00:00:03")).unwrap();
@@ -200,8 +203,32 @@ fn a_vf_whose_group_is_not_viable_is_refused_and_left_as_it_was() {
         error.to_string(),
         format!("IOMMU group {group} is not viable: 0000:00:19.0 is bound to e1000e; every member must be bound to vfio-pci or to no driver")
     );
+    // Refused before anything was changed.
     assert_eq!(fixture.driver("0000:01:10.0").as_deref(), Some("igbvf"));
-    assert_eq!(fixture.macs_set().last(), Some(&(0, MacAddress::ZERO)));
+    assert!(fixture.configurator.calls().is_empty());
+    assert!(fixture.host.resets().is_empty());
+    assert!(pool
+        .status()
+        .unwrap()
+        .iter()
+        .all(|entry| entry.lease.is_none()));
+}
+
+#[test]
+fn a_lease_that_fails_after_setting_the_mac_is_undone() {
+    let fixture = Fixture::new(1);
+    let vf = pci("0000:01:10.0");
+    // The fake kernel's probe binds nothing for this VF, so the bind step fails after the
+    // MAC was set and igbvf was unbound.
+    fixture.host.refuse_probe(&vf, VFIO_PCI);
+    let pool = fixture.open(std::process::id());
+    let error = pool.lease("i-0001", mac("02:00:00:00:00:01")).unwrap_err();
+    assert!(matches!(error, Error::BindFailed { .. }), "{error:?}");
+    assert_eq!(fixture.driver("0000:01:10.0").as_deref(), Some("igbvf"));
+    assert_eq!(
+        fixture.macs_set(),
+        vec![(0, mac("02:00:00:00:00:01")), (0, MacAddress::ZERO)]
+    );
     assert!(pool
         .status()
         .unwrap()
