@@ -203,9 +203,7 @@ impl Pool {
             });
         }
         let members = self.members()?;
-        let vf = self.choose_vf(&state, &members, wanted)?;
-        let iommu_group = vf.iommu_group.ok_or(Error::NoIommuGroup(vf.address))?;
-        check_iommu_group_viable_except(&self.config.sysfs, iommu_group, &vf.address)?;
+        let (vf, iommu_group) = self.choose_vf(&state, &members, wanted)?;
         let pf_ifname = self
             .config
             .sysfs
@@ -246,38 +244,50 @@ impl Pool {
         Ok(lease)
     }
 
+    /// The free VF to lease: `wanted`, or the first free member whose IOMMU group can
+    /// become viable (one blocked group does not make the whole pool unusable; when every
+    /// free VF is blocked, the first one's reason is the error).
     fn choose_vf(
         &self,
         state: &PoolState,
         members: &[VirtualFunction],
         wanted: Option<&PciAddress>,
-    ) -> Result<VirtualFunction> {
+    ) -> Result<(VirtualFunction, u32)> {
         let leased =
             |address: &PciAddress| state.leases.iter().find(|record| record.vf == *address);
-        match wanted {
-            Some(address) => {
-                let vf = members
-                    .iter()
-                    .find(|vf| vf.address == *address)
-                    .ok_or(Error::NotInPool { vf: *address })?;
-                if let Some(holder) = leased(address) {
-                    return Err(Error::AlreadyLeased {
-                        vf: *address,
-                        instance_id: holder.instance_id.clone(),
-                        pid: holder.holder_pid,
-                    });
-                }
-                Ok(vf.clone())
-            }
-            None => members
+        let usable = |vf: &VirtualFunction| -> Result<u32> {
+            let group = vf.iommu_group.ok_or(Error::NoIommuGroup(vf.address))?;
+            check_iommu_group_viable_except(&self.config.sysfs, group, &vf.address)?;
+            Ok(group)
+        };
+        if let Some(address) = wanted {
+            let vf = members
                 .iter()
-                .find(|vf| leased(&vf.address).is_none())
-                .cloned()
-                .ok_or(Error::PoolExhausted {
-                    leased: state.leases.len(),
-                    total: members.len(),
-                }),
+                .find(|vf| vf.address == *address)
+                .ok_or(Error::NotInPool { vf: *address })?;
+            if let Some(holder) = leased(address) {
+                return Err(Error::AlreadyLeased {
+                    vf: *address,
+                    instance_id: holder.instance_id.clone(),
+                    pid: holder.holder_pid,
+                });
+            }
+            return Ok((vf.clone(), usable(vf)?));
         }
+        let mut first_blocked = None;
+        for vf in members.iter().filter(|vf| leased(&vf.address).is_none()) {
+            match usable(vf) {
+                Ok(group) => return Ok((vf.clone(), group)),
+                Err(error) => {
+                    log::warn!("skipping {}: {error}", vf.address);
+                    first_blocked.get_or_insert(error);
+                }
+            }
+        }
+        Err(first_blocked.unwrap_or(Error::PoolExhausted {
+            leased: state.leases.len(),
+            total: members.len(),
+        }))
     }
 
     /// MAC and anti-spoofing on the PF's entry for the VF, then the VF onto vfio-pci.

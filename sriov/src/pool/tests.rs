@@ -326,3 +326,24 @@ fn release_clears_the_mac_through_the_pfs_current_interface_name() {
         ("enp1s0", Some(MacAddress::ZERO))
     );
 }
+
+#[test]
+fn any_vf_lease_skips_a_vf_whose_group_is_blocked() {
+    let fixture = Fixture::new(2);
+    let first = pci("0000:01:10.0");
+    let group = fixture
+        .host
+        .sysfs()
+        .iommu_group_of(&first)
+        .unwrap()
+        .unwrap();
+    fixture
+        .host
+        .add_device_in_group("0000:00:19.0", "e1000e", group);
+    let pool = fixture.open(std::process::id());
+    let lease = pool.lease("i-0001", mac("02:00:00:00:00:01")).unwrap();
+    assert_eq!(lease.bdf, pci("0000:01:10.2"));
+    assert_eq!(fixture.driver("0000:01:10.0").as_deref(), Some("igbvf"));
+    let error = pool.lease("i-0002", mac("02:00:00:00:00:02")).unwrap_err();
+    assert!(matches!(error, Error::GroupNotViable { .. }), "{error:?}");
+}
