@@ -24,7 +24,7 @@ fi
 cd "$fuzz_dir"
 # The main workspace's target dir setting would mix sanitizer builds with normal ones.
 unset CARGO_TARGET_DIR
-for target in http_request responder_frames; do
+for target in http_request responder_frames responder_tcp; do
     corpus="corpus/$target"
     mkdir -p "$corpus"
     if [ -d "seeds/$target" ]; then
