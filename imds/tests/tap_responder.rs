@@ -93,6 +93,25 @@ impl Drop for VmmLoop {
 }
 
 /// The loop a VMM's virtio-net device would run around the responder.
+const GATEWAY: [u8; 4] = [172, 31, 16, 1];
+const GATEWAY_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
+
+/// The host's answer to "who has 172.31.16.1" (what the tap's far side would send).
+fn gateway_arp_reply(frame: &[u8]) -> Option<Vec<u8>> {
+    let is_arp_request = frame.len() >= 42 && frame[12..14] == [8, 6] && frame[20..22] == [0, 1];
+    if !is_arp_request || frame[38..42] != GATEWAY {
+        return None;
+    }
+    let mut reply = Vec::with_capacity(42);
+    reply.extend_from_slice(&frame[6..12]);
+    reply.extend_from_slice(&GATEWAY_MAC);
+    reply.extend_from_slice(&[8, 6, 0, 1, 8, 0, 6, 4, 0, 2]);
+    reply.extend_from_slice(&GATEWAY_MAC);
+    reply.extend_from_slice(&GATEWAY);
+    reply.extend_from_slice(&frame[22..32]);
+    Some(reply)
+}
+
 fn start_vmm_loop(mut tap: File, responder: ImdsResponder) -> VmmLoop {
     let stop = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(Mutex::new(Vec::new()));
@@ -120,9 +139,15 @@ fn start_vmm_loop(mut tap: File, responder: ImdsResponder) -> VmmLoop {
             loop {
                 match tap.read(&mut frame) {
                     Ok(length) if length > 0 => {
-                        // Unclaimed frames (IPv6 router solicitations...) would go to the
-                        // host's tap in a VMM; here there is nowhere to send them.
-                        let _claimed = responder.handle_frame(&frame[..length], Instant::now());
+                        let frame = &frame[..length];
+                        if !responder.handle_frame(frame, Instant::now()) {
+                            // Unclaimed frames would go to the host's tap in a VMM; here the
+                            // only one that needs an answer is the guest's ARP for its
+                            // gateway, which the host side would answer.
+                            if let Some(reply) = gateway_arp_reply(frame) {
+                                let _ = tap.write_all(&reply);
+                            }
+                        }
                     }
                     _ => break,
                 }
@@ -365,4 +390,50 @@ fn token_does_not_survive_an_extra_hop_unless_the_hop_limit_allows_it() {
         ],
     );
     assert_eq!((status, body.as_str()), (Some(0), "i-0ccccccccccccccc3"));
+}
+
+#[test]
+fn guest_routing_via_its_gateway_like_on_ec2() {
+    system_tool("curl");
+    let (namespace, tap_name, tap) = guest_namespace("g");
+    // EC2's shape: no on-link route to 169.254.169.254, only the default gateway. The
+    // guest's IPv4 frames then carry the gateway's MAC, and the responder still claims them.
+    in_namespace(
+        &namespace.0,
+        &["route", "del", "169.254.169.254/32", "dev", &tap_name],
+    );
+    in_namespace(
+        &namespace.0,
+        &["route", "add", "default", "via", "172.31.16.1"],
+    );
+    let record = record_with(serde_json::json!({"http_tokens": "required"}));
+    let responder = ImdsResponder::new(&record, ResponderConfig::default()).expect("responder");
+    let vmm = start_vmm_loop(tap, responder);
+    let token = curl_in(
+        &namespace.0,
+        &[
+            "-X",
+            "PUT",
+            "-H",
+            "X-aws-ec2-metadata-token-ttl-seconds: 300",
+            "http://169.254.169.254/latest/api/token",
+        ],
+    );
+    let mac = curl_in(
+        &namespace.0,
+        &[
+            "-H",
+            &format!("X-aws-ec2-metadata-token: {token}"),
+            "http://169.254.169.254/latest/meta-data/mac",
+        ],
+    );
+    assert_eq!(mac, "02:00:00:00:00:01");
+    // The responder never ARPed: it learned the guest's MAC from the guest's own frames.
+    let sent = vmm.sent.lock().expect("sent lock").clone();
+    assert!(!sent.is_empty());
+    assert!(
+        sent.iter().all(|frame| frame[12..14] == [8, 0]),
+        "only IPv4 frames sent"
+    );
+    assert!(sent.iter().all(|frame| frame[0..6] == [2, 0, 0, 0, 0, 1]));
 }
