@@ -42,6 +42,7 @@ const MAX_QUEUED_FRAMES: usize = 256;
 const SOCKET_BUFFER_BYTES: usize = 16 * 1024;
 /// Re-teach smoltcp the guest's MAC this often (its neighbour cache expires after 60 s).
 const NEIGHBOUR_HINT_INTERVAL: Duration = Duration::from_secs(20);
+const MAX_NEIGHBOUR_HINTS: usize = 64;
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -294,6 +295,16 @@ impl ImdsResponder {
             });
         if fresh || guest_mac[0] & 1 == 1 {
             return;
+        }
+        // A guest can spoof any number of source addresses; keep the table small (smoltcp's
+        // own neighbour cache is bounded the same way).
+        if self.neighbour_hints.len() >= MAX_NEIGHBOUR_HINTS {
+            self.neighbour_hints.retain(|_, (_, taught)| {
+                now.saturating_duration_since(*taught) < NEIGHBOUR_HINT_INTERVAL
+            });
+            if self.neighbour_hints.len() >= MAX_NEIGHBOUR_HINTS {
+                self.neighbour_hints.clear();
+            }
         }
         self.neighbour_hints.insert(guest_ip, (guest_mac, now));
         let mut arp = Vec::with_capacity(42);

@@ -384,3 +384,25 @@ fn requests_over_the_instance_rate_limit_get_503() {
     );
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
 }
+
+#[test]
+fn spoofed_source_addresses_do_not_grow_state_without_bound() {
+    let mut responder = responder(|_| {});
+    let now = Instant::now();
+    for index in 0..10_000u32 {
+        let mut frame = GATEWAY_MAC.to_vec();
+        frame.extend_from_slice(&GUEST_MAC);
+        frame.extend_from_slice(&ETHERTYPE_IPV4);
+        let mut header = [0u8; 20];
+        header[0] = 0x45;
+        header[8] = 64;
+        header[9] = 17; // UDP: smoltcp answers port-unreachable, no socket state
+        header[12..16].copy_from_slice(&(0x0a00_0000 + index).to_be_bytes());
+        header[16..20].copy_from_slice(&IMDS_IPV4.octets());
+        frame.extend_from_slice(&header);
+        assert!(responder.handle_frame(&frame, now));
+        while responder.poll_tx(now).is_some() {}
+    }
+    assert!(responder.neighbour_hints.len() <= MAX_NEIGHBOUR_HINTS);
+    assert!(responder.device.from_guest.is_empty());
+}
