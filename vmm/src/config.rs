@@ -295,6 +295,109 @@ impl DriveConfig {
     }
 }
 
+/// A virtio-net interface on a tap device ("emulated" networking).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetConfig {
+    pub iface_id: String,
+    /// The tap to open (created when missing and the VMM may).
+    pub host_dev_name: String,
+    /// The guest's MAC (the ENI's); a locally administered one by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_mac: Option<String>,
+}
+
+/// Parse `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(text: &str) -> Result<[u8; 6], String> {
+    let parts: Vec<&str> = text.split(':').collect();
+    if parts.len() != 6 {
+        return Err(format!("{text:?} is not a MAC address (aa:bb:cc:dd:ee:ff)"));
+    }
+    let mut mac = [0u8; 6];
+    for (m, p) in mac.iter_mut().zip(&parts) {
+        if p.len() != 2 {
+            return Err(format!("{text:?} is not a MAC address (aa:bb:cc:dd:ee:ff)"));
+        }
+        *m = u8::from_str_radix(p, 16).map_err(|_| format!("{text:?} is not a MAC address"))?;
+    }
+    if mac[0] & 1 == 1 {
+        return Err(format!("{text:?} is a multicast address"));
+    }
+    Ok(mac)
+}
+
+impl NetConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let id_ok = !self.iface_id.is_empty()
+            && self.iface_id.len() <= 64
+            && self
+                .iface_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !id_ok {
+            return Err(ConfigError::new(
+                "iface_id",
+                "must be 1-64 characters of [A-Za-z0-9_-]",
+            ));
+        }
+        if self.host_dev_name.is_empty()
+            || self.host_dev_name.len() > 15
+            || !self
+                .host_dev_name
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'/')
+        {
+            return Err(ConfigError::new(
+                "host_dev_name",
+                format!(
+                    "{:?} is not a valid interface name (1-15 characters)",
+                    self.host_dev_name
+                ),
+            ));
+        }
+        if let Some(mac) = &self.guest_mac {
+            parse_mac(mac).map_err(|e| ConfigError::new("guest_mac", e))?;
+        }
+        Ok(())
+    }
+
+    pub fn mac(&self, index: usize) -> [u8; 6] {
+        self.guest_mac
+            .as_deref()
+            .and_then(|m| parse_mac(m).ok())
+            // Locally administered, unicast, unique per interface.
+            .unwrap_or([0x06, 0x00, 0xac, 0x10, 0x00, index as u8 + 2])
+    }
+
+    /// Parse the CLI form `tap=NAME[,mac=MAC][,id=ID]`.
+    pub fn from_cli(spec: &str, index: usize) -> Result<Self, ConfigError> {
+        let mut tap = None;
+        let mut mac = None;
+        let mut id = format!("eth{index}");
+        for part in spec.split(',') {
+            let (k, v) = part
+                .split_once('=')
+                .ok_or_else(|| ConfigError::new("--net", format!("{part:?} is not key=value")))?;
+            match k {
+                "tap" => tap = Some(v.to_string()),
+                "mac" => mac = Some(v.to_string()),
+                "id" => id = v.to_string(),
+                other => {
+                    return Err(ConfigError::new(
+                        "--net",
+                        format!("unknown key {other:?} (known: tap, mac, id)"),
+                    ))
+                }
+            }
+        }
+        Ok(Self {
+            iface_id: id,
+            host_dev_name: tap.ok_or_else(|| ConfigError::new("--net", "tap= is required"))?,
+            guest_mac: mac,
+        })
+    }
+}
+
 /// A whole VM, as in a `--config` file.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -307,6 +410,12 @@ pub struct VmConfig {
     pub serial: SerialConfig,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub drives: Vec<DriveConfig>,
+    #[serde(
+        rename = "network-interfaces",
+        default,
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub net: Vec<NetConfig>,
 }
 
 impl VmConfig {
@@ -325,6 +434,18 @@ impl VmConfig {
                 return Err(ConfigError::new(
                     format!("drives[{i}].drive_id"),
                     format!("{:?} is used by another drive", d.drive_id),
+                ));
+            }
+        }
+        let mut ifaces = std::collections::HashSet::new();
+        for (i, n) in self.net.iter().enumerate() {
+            n.validate().map_err(|e| {
+                ConfigError::new(format!("network-interfaces[{i}].{}", e.field), e.reason)
+            })?;
+            if !ifaces.insert(n.iface_id.as_str()) {
+                return Err(ConfigError::new(
+                    format!("network-interfaces[{i}].iface_id"),
+                    format!("{:?} is used by another interface", n.iface_id),
                 ));
             }
         }
@@ -405,6 +526,35 @@ mod tests {
         let e = cfg.validate().unwrap_err();
         assert_eq!(e.field, "boot-source.kernel_image_path");
         assert!(e.reason.contains("/nonexistent/vmlinux"));
+    }
+
+    #[test]
+    fn macs_and_net_cli() {
+        assert_eq!(
+            parse_mac("02:00:ac:10:00:05").unwrap(),
+            [2, 0, 0xac, 0x10, 0, 5]
+        );
+        assert!(parse_mac("01:00:00:00:00:00").is_err(), "multicast");
+        assert!(parse_mac("02:00:ac:10:00").is_err());
+        assert!(parse_mac("zz:00:ac:10:00:05").is_err());
+        let n = NetConfig::from_cli("tap=tap0,mac=02:00:00:00:00:01", 0).unwrap();
+        assert_eq!(
+            (n.iface_id.as_str(), n.host_dev_name.as_str()),
+            ("eth0", "tap0")
+        );
+        assert!(n.validate().is_ok());
+        assert_eq!(
+            NetConfig::from_cli("mac=02:00:00:00:00:01", 0)
+                .unwrap_err()
+                .field,
+            "--net"
+        );
+        let bad = NetConfig {
+            iface_id: "eth0".into(),
+            host_dev_name: "a-name-that-is-far-too-long".into(),
+            guest_mac: None,
+        };
+        assert_eq!(bad.validate().unwrap_err().field, "host_dev_name");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::Parser;
 
 use vmm::arch::smbios::SmbiosConfig;
-use vmm::config::{BootSource, DriveConfig, MachineConfig, SerialConfig, VmConfig};
+use vmm::config::{BootSource, DriveConfig, MachineConfig, NetConfig, SerialConfig, VmConfig};
 use vmm::runtime::{run, RunOptions, RuntimeError};
 use vmm::vcpu::ExitReason;
 
@@ -52,6 +52,10 @@ struct Cli {
     /// (repeatable).
     #[arg(long = "drive", requires = "kernel")]
     drives: Vec<String>,
+    /// A virtio-net interface on a tap: tap=NAME[,mac=MAC][,id=ID]
+    /// (repeatable).
+    #[arg(long = "net", requires = "kernel")]
+    nets: Vec<String>,
     /// Whole VM configuration as JSON (Firecracker-style).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -99,6 +103,12 @@ fn config_from_flags(cli: &Cli) -> anyhow::Result<Option<VmConfig>> {
             .drives
             .iter()
             .map(|d| DriveConfig::from_cli(d))
+            .collect::<Result<_, _>>()?,
+        net: cli
+            .nets
+            .iter()
+            .enumerate()
+            .map(|(i, n)| NetConfig::from_cli(n, i))
             .collect::<Result<_, _>>()?,
     }))
 }

@@ -15,7 +15,9 @@ use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::terminal::Terminal;
 
 use crate::api::{ActionType, ApiMessage, ApiRequest, ApiResponse, ApiServer};
-use crate::config::{BootSource, ConfigError, DriveConfig, MachineConfig, SerialConfig, VmConfig};
+use crate::config::{
+    BootSource, ConfigError, DriveConfig, MachineConfig, NetConfig, SerialConfig, VmConfig,
+};
 use crate::vcpu::ExitReason;
 use crate::vm::{Vm, VmError};
 
@@ -117,6 +119,7 @@ struct Controller {
     boot: Option<BootSource>,
     serial: SerialConfig,
     drives: Vec<DriveConfig>,
+    net: Vec<NetConfig>,
     vm: Option<Vm>,
     start: Instant,
 }
@@ -134,6 +137,7 @@ impl Controller {
             machine_config: self.machine.clone(),
             serial: self.serial.clone(),
             drives: self.drives.clone(),
+            net: self.net.clone(),
         };
         cfg.validate()?;
         Ok(cfg)
@@ -194,9 +198,11 @@ impl Controller {
                 None => ApiResponse::error(404, "no boot source configured", None),
             },
             ApiRequest::GetDrives => ApiResponse::ok(json!(self.drives)),
+            ApiRequest::GetNetworkInterfaces => ApiResponse::ok(json!(self.net)),
             ApiRequest::PutMachineConfig(_)
             | ApiRequest::PutBootSource(_)
             | ApiRequest::PutDrive(..)
+            | ApiRequest::PutNetworkInterface(..)
                 if started =>
             {
                 pre_boot_only("the configuration")
@@ -234,6 +240,28 @@ impl Controller {
                         ApiResponse::no_content()
                     }
                     Err(e) => ApiResponse::error(400, format!("drives.{e}"), Some(&e.field)),
+                }
+            }
+            ApiRequest::PutNetworkInterface(path_id, n) => {
+                if path_id != n.iface_id {
+                    return ApiResponse::error(
+                        400,
+                        format!(
+                            "iface_id {:?} does not match the path's {:?}",
+                            n.iface_id, path_id
+                        ),
+                        Some("iface_id"),
+                    );
+                }
+                match n.validate() {
+                    Ok(()) => {
+                        self.net.retain(|x| x.iface_id != n.iface_id);
+                        self.net.push(n);
+                        ApiResponse::no_content()
+                    }
+                    Err(e) => {
+                        ApiResponse::error(400, format!("network-interfaces.{e}"), Some(&e.field))
+                    }
                 }
             }
             ApiRequest::Action(ActionType::InstanceStart) if started => {
@@ -279,6 +307,7 @@ pub fn run(opts: RunOptions) -> Result<ExitReason, RuntimeError> {
         boot: None,
         serial: SerialConfig::default(),
         drives: Vec::new(),
+        net: Vec::new(),
         vm: None,
         start: opts.start,
     };
@@ -287,6 +316,7 @@ pub fn run(opts: RunOptions) -> Result<ExitReason, RuntimeError> {
         ctl.boot = Some(cfg.boot_source.clone());
         ctl.serial = cfg.serial.clone();
         ctl.drives = cfg.drives.clone();
+        ctl.net = cfg.net.clone();
     }
 
     let (api_tx, api_rx) = mpsc::channel::<ApiMessage>();

@@ -19,12 +19,13 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::arch::{acpi, cpuid, layout, regs, reset_vector, smbios};
 use crate::boot::{self, BootError, BootSetup, KernelEntry};
-use crate::config::{BootSource, DriveConfig, MachineConfig, VmConfig};
+use crate::config::{BootSource, DriveConfig, MachineConfig, NetConfig, VmConfig};
 use crate::interrupts::{GsiRouter, KvmIoEvents, KvmMsiGroup, PCI_INTX_GSI_BASE, PCI_INTX_LINES};
 use crate::vcpu::{ExitReason, ExitSignal, VcpuContext, VcpuHandle};
 use acpi::PciResources;
 use devices::pci::{PciConfigIo, PciConfigMmio, PciRoot};
 use devices::virtio::block::{Block, BlockConfig, FileBackend};
+use devices::virtio::net::{Net, NetConfig as NetDeviceConfig, Tap};
 use devices::virtio::pci::{VirtioPciDevice, BAR_SIZE};
 use devices::virtio::VirtioDevice;
 use vm_allocator::{AddressAllocator, AllocPolicy};
@@ -69,6 +70,8 @@ pub enum VmError {
     Allocator(String),
     #[error("drive {id}: {detail}")]
     Drive { id: String, detail: String },
+    #[error("network interface {id}: {detail}")]
+    Net { id: String, detail: String },
     #[error("PCI: {0}")]
     Pci(#[from] devices::pci::PciRootError),
     #[error("the vCPUs are already running")]
@@ -155,6 +158,9 @@ impl Vm {
         let mut vm = Vm::new(&cfg.machine_config, serial_out, start)?;
         for drive in &cfg.drives {
             vm.add_drive(drive)?;
+        }
+        for (i, net) in cfg.net.iter().enumerate() {
+            vm.add_net(net, i)?;
         }
         vm.load_kernel(&cfg.boot_source)?;
         Ok(vm)
@@ -366,6 +372,29 @@ impl Vm {
             },
         );
         self.add_virtio_device(Box::new(block))
+            .map_err(|e| err(e.to_string()))
+    }
+
+    /// Plug a virtio-net device on a tap into the next PCI slot.
+    pub fn add_net(&mut self, net: &NetConfig, index: usize) -> Result<(), VmError> {
+        let err = |detail: String| VmError::Net {
+            id: net.iface_id.clone(),
+            detail,
+        };
+        let tap = Tap::open(&net.host_dev_name)
+            .map_err(|e| err(format!("tap {}: {e}", net.host_dev_name)))?;
+        let mac = net.mac(index);
+        log::info!(
+            "net {}: tap {} mac {}",
+            net.iface_id,
+            tap.name(),
+            mac.iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(":")
+        );
+        let device = Net::new(tap, NetDeviceConfig { mac, mtu: None }, None);
+        self.add_virtio_device(Box::new(device))
             .map_err(|e| err(e.to_string()))
     }
 

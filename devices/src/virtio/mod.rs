@@ -10,6 +10,7 @@
 //! threads, so a slow backend never blocks a vCPU or the VMM thread.
 
 pub mod block;
+pub mod net;
 pub mod pci;
 
 use std::sync::atomic::{AtomicU16, AtomicU8, Ordering};

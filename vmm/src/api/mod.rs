@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::config::{from_json_slice, BootSource, DriveConfig, MachineConfig};
+use crate::config::{from_json_slice, BootSource, DriveConfig, MachineConfig, NetConfig};
 use http::{write_response, HttpError, Request, RequestReader};
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -40,6 +40,9 @@ pub enum ApiRequest {
     GetBootSource,
     PutBootSource(BootSource),
     GetDrives,
+    GetNetworkInterfaces,
+    /// (id from the path, body)
+    PutNetworkInterface(String, NetConfig),
     /// (id from the path, body)
     PutDrive(String, DriveConfig),
     Action(ActionType),
