@@ -86,11 +86,11 @@ fuzz_target!(|data: &[u8]| {
         let stack_now = smoltcp::time::Instant::from_millis((step * 5) as i64);
         let socket = sockets.get_mut::<tcp::Socket>(handle);
         if socket.can_send() && !rest.is_empty() {
-            // First byte: chunk length; the chunk follows.
-            let length = usize::from(rest[0]).max(1).min(rest.len() - 1).max(0);
-            let chunk = &rest[1..1 + length.min(rest.len() - 1)];
+            // First byte: chunk length (at least 1); the chunk follows.
+            let (length_byte, tail) = (rest[0], &rest[1..]);
+            let chunk = &tail[..usize::from(length_byte).max(1).min(tail.len())];
             let _ = socket.send_slice(chunk);
-            rest = &rest[(1 + chunk.len()).min(rest.len())..];
+            rest = &tail[chunk.len()..];
         }
         while socket.can_recv() {
             let _ = socket.recv(|received| (received.len(), ()));
