@@ -63,8 +63,11 @@ pub struct Net {
     cfg: NetConfig,
     hook: Option<Box<dyn FrameHook>>,
     acked: u64,
-    worker: Option<(EventFd, JoinHandle<(Tap, Option<Box<dyn FrameHook>>)>)>,
+    worker: Option<(EventFd, JoinHandle<WorkerParts>)>,
 }
+
+/// What a stopped worker hands back, for the next activation.
+type WorkerParts = (Tap, Option<Box<dyn FrameHook>>);
 
 impl Net {
     pub fn new(tap: Tap, cfg: NetConfig, hook: Option<Box<dyn FrameHook>>) -> Self {
@@ -247,7 +250,7 @@ pub fn complete_checksum(hdr: &[u8], frame: &mut [u8]) {
 }
 
 impl NetWorker {
-    fn run(mut self) -> (Tap, Option<Box<dyn FrameHook>>) {
+    fn run(mut self) -> WorkerParts {
         let epoll = match Epoll::new() {
             Ok(e) => e,
             Err(e) => {
@@ -413,10 +416,7 @@ impl NetWorker {
     fn process_rx(&mut self, epoll: &Epoll) {
         let mem = self.mem.clone();
         let mut delivered = false;
-        loop {
-            let Some(mut frame) = self.next_frame() else {
-                break;
-            };
+        while let Some(mut frame) = self.next_frame() {
             let Some(chain) = self.rx.pop_descriptor_chain(&mem) else {
                 // No buffer: keep the frame and stop polling the tap until
                 // the guest posts buffers (RX kick).
