@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod control;
+pub mod crypto;
 pub mod engine;
 pub mod nbd;
 pub mod qos;

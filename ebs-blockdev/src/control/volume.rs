@@ -177,6 +177,9 @@ struct AttachmentSecret {
 struct VolumeRecord {
     volume: Volume,
     secrets: Vec<AttachmentSecret>,
+    /// The volume's data key wrapped under its KMS master key (encrypted volumes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    wrapped_data_key: Option<String>,
 }
 
 /// All volumes, keyed by id. Serializable so the service can persist it atomically.
@@ -315,6 +318,7 @@ impl VolumeTable {
             VolumeRecord {
                 volume: volume.clone(),
                 secrets: Vec::new(),
+                wrapped_data_key: None,
             },
         );
         Ok(volume)
@@ -329,6 +333,24 @@ impl VolumeTable {
         let record = self.record_mut(volume_id)?;
         record.volume.state = state;
         Ok(record.volume.clone())
+    }
+
+    /// Records that a volume is encrypted under `kms_key_id` with this wrapped data key.
+    pub fn set_encryption(
+        &mut self,
+        volume_id: &str,
+        kms_key_id: &str,
+        wrapped_data_key: &str,
+    ) -> Result<Volume, ControlError> {
+        let record = self.record_mut(volume_id)?;
+        record.volume.encrypted = true;
+        record.volume.kms_key_id = Some(kms_key_id.to_string());
+        record.wrapped_data_key = Some(wrapped_data_key.to_string());
+        Ok(record.volume.clone())
+    }
+
+    pub fn wrapped_data_key(&self, volume_id: &str) -> Result<Option<String>, ControlError> {
+        Ok(self.record(volume_id)?.wrapped_data_key.clone())
     }
 
     /// Marks a volume `deleting`; refused while it is attached.

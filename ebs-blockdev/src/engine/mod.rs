@@ -8,6 +8,7 @@
 
 pub mod blockmap;
 pub mod durable;
+mod encrypted;
 mod source;
 
 pub use source::{BlockSource, CaptureSession};
@@ -83,6 +84,10 @@ pub struct BlockStore {
     map_state: Mutex<MapState>,
     /// Where blocks not yet local come from (a snapshot), while any remain.
     source: Mutex<Option<Arc<dyn BlockSource>>>,
+    /// The volume's data-key cipher when it is encrypted at rest.
+    cipher: Mutex<Option<Arc<crate::crypto::SectorCipher>>>,
+    /// Serialises read-modify-write of partially written encrypted sectors.
+    partial_sector_lock: Mutex<()>,
     /// Serialises hydration with writes to blocks that are not local yet.
     hydration_lock: Mutex<()>,
     /// The snapshot being taken, whose blocks must be preserved before overwrites.
@@ -173,6 +178,8 @@ impl BlockStore {
             source: Mutex::new(None),
             hydration_lock: Mutex::new(()),
             capture: Mutex::new(None),
+            cipher: Mutex::new(None),
+            partial_sector_lock: Mutex::new(()),
             sync_lock: Mutex::new(()),
         };
         store.persist_map()?;
@@ -254,6 +261,9 @@ impl BlockStore {
     pub fn read_at(&self, offset: u64, buffer: &mut [u8]) -> Result<(), EngineError> {
         self.check_range(offset, buffer.len() as u64)?;
         self.make_local(offset, buffer.len() as u64, false)?;
+        if let Some(cipher) = self.cipher() {
+            return self.read_decrypted(&cipher, offset, buffer);
+        }
         self.data
             .read_exact_at(buffer, offset)
             .map_err(io_context(format!(
@@ -269,12 +279,7 @@ impl BlockStore {
         // The map is marked before the data lands so a concurrent FLUSH that syncs this
         // write also persists its block's bits.
         self.mark_blocks(offset, bytes.len() as u64, true);
-        self.data
-            .write_all_at(bytes, offset)
-            .map_err(io_context(format!(
-                "write {} bytes at {offset}",
-                bytes.len()
-            )))?;
+        self.write_stored(offset, bytes)?;
         if fua {
             self.flush()?;
         }
@@ -285,7 +290,8 @@ impl BlockStore {
     pub fn trim(&self, offset: u64, length: u64, fua: bool) -> Result<(), EngineError> {
         self.check_range(offset, length)?;
         self.prepare_modification(offset, length)?;
-        self.punch_hole(offset, length)?;
+        let (start, middle) = self.zero_partial_sectors(offset, length)?;
+        self.punch_hole(start, middle)?;
         self.mark_blocks(offset, length, false);
         if fua {
             self.flush()?;
@@ -307,11 +313,12 @@ impl BlockStore {
         self.check_range(offset, length)?;
         self.prepare_modification(offset, length)?;
         self.mark_blocks(offset, length, true);
+        let (start, middle) = self.zero_partial_sectors(offset, length)?;
         if self
-            .fallocate(libc::FALLOC_FL_ZERO_RANGE, offset, length)
+            .fallocate(libc::FALLOC_FL_ZERO_RANGE, start, middle)
             .is_err()
         {
-            self.write_zero_bytes(offset, length)?;
+            self.write_zero_bytes(start, middle)?;
         }
         if fua {
             self.flush()?;
@@ -462,6 +469,12 @@ impl BlockStore {
 
     /// Flushes and marks the map clean, so the next open skips reconciliation.
     pub fn close(self) -> Result<(), EngineError> {
+        self.shut_down()
+    }
+
+    /// Like `close` for a store still shared (the daemon is exiting): requests that
+    /// arrive afterwards are not covered, so call it only when nothing serves it anymore.
+    pub fn shut_down(&self) -> Result<(), EngineError> {
         self.flush()?;
         {
             let mut state = self.lock_map();
@@ -529,3 +542,7 @@ mod tests;
 #[cfg(test)]
 #[path = "source_tests.rs"]
 mod source_tests;
+
+#[cfg(test)]
+#[path = "encrypted_tests.rs"]
+mod encrypted_tests;

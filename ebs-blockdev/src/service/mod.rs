@@ -22,6 +22,7 @@ use crate::control::{
     DetachVolumeRequest, ModifyVolumeRequest, Volume, VolumeAttachment, VolumeModification,
     VolumeState, VolumeTable,
 };
+use crate::crypto::LocalKms;
 use crate::engine::durable::replace_file_atomically;
 use crate::engine::{BlockStore, EngineError};
 use crate::nbd::{Export, ExportProvider, ExportRefusal, IoDirection, IoThrottle};
@@ -97,6 +98,8 @@ pub struct ServiceConfig {
     /// Object store for snapshots: a directory, or `s3://bucket[/prefix]` (credentials
     /// and endpoint from AWS_* variables). Default: DATA_DIR/objects.
     pub snapshot_store: Option<String>,
+    /// The local KMS key file (mode 0600). Default: DATA_DIR/kms-keys.json.
+    pub kms_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -220,6 +223,7 @@ pub struct Service {
     config: ServiceConfig,
     clock: Arc<dyn Clock>,
     storage: Arc<SnapshotStorage>,
+    kms: LocalKms,
     state: Mutex<ServiceState>,
 }
 
@@ -258,6 +262,11 @@ impl Service {
                 .map_err(|error| ControlError::Internal(error.to_string()))?,
         );
         snapshots::fail_interrupted_snapshots(&mut snapshots);
+        let kms_path = config
+            .kms_key_file
+            .clone()
+            .unwrap_or_else(|| config.data_dir.join("kms-keys.json"));
+        let kms = LocalKms::open(&kms_path)?;
         let mut to_fill = Vec::new();
         let mut open = HashMap::new();
         let volumes: Vec<Volume> = table.all().cloned().collect();
@@ -278,6 +287,10 @@ impl Service {
                 VolumeState::Available | VolumeState::InUse => match BlockStore::open(&directory) {
                     Ok(store) => {
                         let store = Arc::new(store);
+                        if let Some(wrapped) = table.wrapped_data_key(&volume.volume_id)? {
+                            let (_, plaintext) = kms.unwrap(&wrapped)?;
+                            store.set_cipher(Some(crypto::cipher_from(&plaintext)?));
+                        }
                         if snapshots::reattach_source(&store, &directory, &storage)? {
                             to_fill.push((
                                 Arc::clone(&store),
@@ -319,6 +332,7 @@ impl Service {
             config,
             clock,
             storage,
+            kms,
             state: Mutex::new(ServiceState {
                 table,
                 snapshots,
@@ -331,6 +345,10 @@ impl Service {
             snapshots::spawn_background_fill(store, directory, volume_id);
         }
         Ok(service)
+    }
+
+    fn kms(&self) -> Result<&LocalKms, ControlError> {
+        Ok(&self.kms)
     }
 
     pub fn config(&self) -> &ServiceConfig {
@@ -362,20 +380,25 @@ impl Service {
     }
 
     pub fn create_volume(&self, request: &CreateVolumeRequest) -> Result<Volume, ControlError> {
-        if request.encrypted == Some(true) || request.kms_key_id.is_some() {
-            return Err(ControlError::Unsupported(
-                "encrypted volumes are not available yet".into(),
-            ));
-        }
         let mut state = self.lock();
-        let snapshot_size = match &request.snapshot_id {
-            Some(snapshot_id) => Some(state.snapshots.completed(snapshot_id)?.volume_size),
+        let snapshot = match &request.snapshot_id {
+            Some(snapshot_id) => Some(state.snapshots.completed(snapshot_id)?.clone()),
             None => None,
         };
+        let snapshot_size = snapshot.as_ref().map(|snapshot| snapshot.volume_size);
+        self.validate_volume_encryption(request, snapshot.as_ref())?;
         let volume = state.table.create(request, snapshot_size)?;
         self.persist(&state)?;
-        match self.create_store(&state, &volume) {
-            Ok((store, fill_in_background)) => {
+        match self.create_store(&state, &volume, request) {
+            Ok((store, fill_in_background, key)) => {
+                let volume = match key {
+                    Some((key_id, wrapped)) => {
+                        state
+                            .table
+                            .set_encryption(&volume.volume_id, &key_id, &wrapped)?
+                    }
+                    None => volume,
+                };
                 let store = Arc::new(store);
                 if fill_in_background {
                     snapshots::spawn_background_fill(
@@ -539,22 +562,12 @@ impl Service {
             .collect()
     }
 
-    /// Flushes and closes every volume (orderly shutdown).
+    /// Flushes and closes every volume (orderly shutdown, before the process exits).
     pub fn shutdown(&self) {
         let mut state = self.lock();
         for (volume_id, open) in state.open.drain() {
-            match Arc::try_unwrap(open.store) {
-                Ok(store) => {
-                    if let Err(error) = store.close() {
-                        log::error!("{volume_id}: close failed: {error}");
-                    }
-                }
-                Err(store) => {
-                    // Still referenced by a connection: flush at least.
-                    if let Err(error) = store.flush() {
-                        log::error!("{volume_id}: flush failed: {error}");
-                    }
-                }
+            if let Err(error) = open.store.shut_down() {
+                log::error!("{volume_id}: close failed: {error}");
             }
         }
     }

@@ -9,15 +9,16 @@ use std::thread;
 
 use serde_json::{json, Value};
 
+use super::crypto::EncryptingSource;
 use super::{Service, ServiceState, VOLUMES_DIR};
 use crate::control::snapshot::{
     CopySnapshotRequest, CreateSnapshotRequest, DescribeSnapshotsRequest,
     EnableFastSnapshotRestoresRequest, Snapshot, SnapshotState, SnapshotTable,
 };
 use crate::control::volume_type::GIB;
-use crate::control::{ControlError, Volume, VolumeState};
+use crate::control::{ControlError, CreateVolumeRequest, Volume, VolumeState};
 use crate::engine::durable::replace_file_atomically;
-use crate::engine::{BlockStore, BLOCK_SIZE};
+use crate::engine::{BlockSource, BlockStore, BLOCK_SIZE};
 use crate::snapshot::manifest::{manifest_key, MANIFEST_FORMAT_VERSION};
 use crate::snapshot::{upload_capture, Manifest, ManifestSource, SnapshotError, SnapshotStorage};
 
@@ -118,16 +119,22 @@ pub(super) fn spawn_background_fill(store: Arc<BlockStore>, directory: PathBuf, 
 }
 
 impl Service {
-    /// The storage of a new volume: empty, or backed by its snapshot. Returns whether a
-    /// background fill is needed (not for fast-restored snapshots, hydrated here).
+    /// The storage of a new volume: empty, or backed by its snapshot; encrypted under
+    /// the key EBS's rules give it. Returns whether a background fill is needed (not for
+    /// fast-restored snapshots, hydrated here) and the (master key id, wrapped data key).
+    #[allow(clippy::type_complexity)]
     pub(super) fn create_store(
         &self,
         state: &ServiceState,
         volume: &Volume,
-    ) -> Result<(BlockStore, bool), ControlError> {
+        request: &CreateVolumeRequest,
+    ) -> Result<(BlockStore, bool, Option<(String, String)>), ControlError> {
         let directory = self.volume_directory(&volume.volume_id);
         if volume.snapshot_id.is_empty() {
-            return Ok((BlockStore::create(&directory, volume.size_bytes())?, false));
+            let key = self.new_volume_key(request, None)?;
+            let store = BlockStore::create(&directory, volume.size_bytes())?;
+            store.set_cipher(key.as_ref().map(|key| Arc::clone(&key.cipher)));
+            return Ok((store, false, key.map(|key| (key.key_id, key.wrapped))));
         }
         let snapshot = state.snapshots.completed(&volume.snapshot_id)?.clone();
         let manifest = self
@@ -136,23 +143,32 @@ impl Service {
             .ok_or_else(|| {
                 ControlError::Internal(format!("manifest of {} is missing", snapshot.snapshot_id))
             })?;
-        let source = Arc::new(ManifestSource::new(
+        let key = self.new_volume_key(request, Some(&manifest))?;
+        let mut source: Arc<dyn BlockSource> = Arc::new(ManifestSource::new(
             Arc::clone(&self.storage),
             manifest.blocks.clone(),
         ));
+        if let (Some(key), false) = (&key, manifest.encrypted) {
+            source = Arc::new(EncryptingSource {
+                inner: source,
+                cipher: Arc::clone(&key.cipher),
+            });
+        }
         let store = BlockStore::create_from_source(
             &directory,
             volume.size_bytes(),
             snapshot.volume_size * GIB,
             source,
         )?;
+        store.set_cipher(key.as_ref().map(|key| Arc::clone(&key.cipher)));
         write_block_list(&directory, BASE_BLOCKS, &manifest.blocks)?;
+        let key = key.map(|key| (key.key_id, key.wrapped));
         if snapshot.fast_restored {
             store.hydrate_all(|_, _| {})?;
-            return Ok((store, false));
+            return Ok((store, false, key));
         }
         write_block_list(&directory, SOURCE_BLOCKS, &manifest.blocks)?;
-        Ok((store, true))
+        Ok((store, true, key))
     }
 
     pub fn create_snapshot(
