@@ -222,3 +222,34 @@ fn our_client_against_qemu_nbd() {
     let file = fs::read(&image).unwrap();
     assert!(file[777..777 + 1000] == data[..1000]);
 }
+
+#[test]
+fn the_export_is_served_over_tcp_too() {
+    require_tool("qemu-io");
+    require_tool("nbdinfo");
+    let directory = tempfile::tempdir().unwrap();
+    let (provider, _stores) = provider_with(directory.path(), &[(EXPORT, 4 * MIB, false)]);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = ebs_blockdev::nbd::NbdServer::new(std::sync::Arc::new(provider));
+    thread::spawn(move || server.serve_tcp(listener));
+    let opts = format!(
+        "driver=nbd,server.type=inet,server.host=127.0.0.1,server.port={port},export={EXPORT}"
+    );
+    qemu_io(&opts, &["write -P 0x77 0 1M", "flush", "read -P 0x77 0 1M"]);
+    let endpoint: NbdEndpoint = format!("tcp:127.0.0.1:{port}").parse().unwrap();
+    let (volume, token) = EXPORT.split_once('/').unwrap();
+    let client = NbdClient::connect(&endpoint, volume, Some(token)).unwrap();
+    let mut back = vec![0u8; 4096];
+    client.read_at(4096, &mut back).unwrap();
+    assert!(back.iter().all(|&b| b == 0x77));
+    let output = run_ok(
+        Command::new("nbdinfo")
+            .arg("--size")
+            .arg(format!("nbd://127.0.0.1:{port}/{EXPORT}")),
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        (4 * MIB).to_string()
+    );
+}

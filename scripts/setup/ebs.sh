@@ -5,10 +5,17 @@
 #   Debian packages: qemu-utils (qemu-io, qemu-img, qemu-nbd: NBD client peers and the
 #                    benchmark baseline server), libnbd-bin (nbdinfo, nbdcopy: a second,
 #                    independent NBD client), fio (benchmark; its nbd engine uses libnbd),
-#                    util-linux (fallocate, used by the benchmark's image preparation).
+#                    util-linux (fallocate, used by the benchmark's image preparation),
+#                    python3-venv (for the venv below).
+#   Python venv:     .cache/venv-ebs with moto[server] (an S3-compatible server the snapshot
+#                    tests use to exercise the object store's S3 backend; installed from the
+#                    machine's pip configuration, no index named here).
 set -euo pipefail
 
-debian_packages=(qemu-utils libnbd-bin fio util-linux)
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+venv_dir="${EBS_VENV:-$repo_root/.cache/venv-ebs}"
+
+debian_packages=(qemu-utils libnbd-bin fio util-linux python3-venv python3-pip)
 
 missing_packages=()
 for package in "${debian_packages[@]}"; do
@@ -23,7 +30,17 @@ if [ "${#missing_packages[@]}" -gt 0 ]; then
     apt-get install -y -qq --no-install-recommends "${missing_packages[@]}"
 fi
 
-for tool in qemu-io qemu-img qemu-nbd nbdinfo fio; do
+if [ ! -x "$venv_dir/bin/python" ]; then
+    echo "ebs setup: creating venv at $venv_dir"
+    mkdir -p "$(dirname "$venv_dir")"
+    /usr/bin/python3 -m venv "$venv_dir"
+fi
+if [ ! -x "$venv_dir/bin/moto_server" ]; then
+    echo "ebs setup: installing moto[server] into $venv_dir"
+    "$venv_dir/bin/pip" install --quiet "moto[server]"
+fi
+
+for tool in qemu-io qemu-img qemu-nbd nbdinfo fio "$venv_dir/bin/moto_server"; do
     command -v "$tool" >/dev/null || { echo "ebs setup: $tool still missing" >&2; exit 1; }
 done
-echo "ebs setup: ok (qemu-io, qemu-img, qemu-nbd, nbdinfo, fio present)"
+echo "ebs setup: ok (qemu-io, qemu-img, qemu-nbd, nbdinfo, fio, moto_server in $venv_dir)"

@@ -17,6 +17,16 @@ pub struct Daemon {
 impl Daemon {
     /// Starts ebsd on sockets inside `run_dir`, with its data in `data_dir`.
     pub fn start(run_dir: &Path, data_dir: &Path) -> Daemon {
+        Self::start_with(run_dir, data_dir, &[], &[])
+    }
+
+    /// Like `start`, with extra `ebsd serve` arguments and environment variables.
+    pub fn start_with(
+        run_dir: &Path,
+        data_dir: &Path,
+        extra_args: &[&str],
+        environment: &[(&str, &str)],
+    ) -> Daemon {
         let api_sock = run_dir.join("api.sock");
         let nbd_sock = run_dir.join("nbd.sock");
         let _ = std::fs::remove_file(&api_sock);
@@ -28,6 +38,8 @@ impl Daemon {
             .arg(format!("unix:{}", nbd_sock.display()))
             .arg("--api-sock")
             .arg(&api_sock)
+            .args(extra_args)
+            .envs(environment.iter().copied())
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .spawn()
