@@ -200,6 +200,16 @@ fn copies_fast_restore_and_snapshot_errors() {
         "fast restore initialises everything at creation"
     );
     assert!(read(&restored, 5 * BLOCK, data.len()) == data);
+    let metrics_client = ApiClient::new(ApiTarget::Unix(daemon.api_sock.clone()));
+    let (_, metrics) = metrics_client.request("GET", "/metrics", b"").unwrap();
+    let metrics = String::from_utf8(metrics).unwrap();
+    let line = format!(
+        "ebs_volume_blocks_to_hydrate{{volume_id=\"{restored_id}\",volume_type=\"io2\"}} 0"
+    );
+    assert!(
+        metrics.lines().any(|l| l == line),
+        "no `{line}` in\n{metrics}"
+    );
 
     let api = ApiClient::new(ApiTarget::Unix(daemon.api_sock.clone()));
     let error = api

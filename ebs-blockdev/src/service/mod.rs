@@ -130,6 +130,8 @@ pub struct VolumeMetrics {
     pub write_ops: u64,
     pub write_bytes: u64,
     pub qos: QosSnapshot,
+    /// Blocks of a volume made from a snapshot that are not local yet.
+    pub blocks_to_hydrate: u64,
 }
 
 /// One Prometheus sample of a volume.
@@ -215,6 +217,12 @@ impl VolumeMetrics {
                 help: "Time requests spent waiting for QoS tokens.",
                 value: self.qos.throttled_seconds,
             },
+            sample(
+                "ebs_volume_blocks_to_hydrate",
+                "gauge",
+                "512 KiB blocks still to be fetched from the source snapshot.",
+                self.blocks_to_hydrate,
+            ),
         ]
     }
 }
@@ -557,6 +565,7 @@ impl Service {
                     write_ops: counters.write_ops.load(Ordering::Relaxed),
                     write_bytes: counters.write_bytes.load(Ordering::Relaxed),
                     qos: open.qos.snapshot(),
+                    blocks_to_hydrate: open.store.non_local_blocks(),
                 })
             })
             .collect()
