@@ -416,6 +416,16 @@ pub struct VmConfig {
         skip_serializing_if = "Vec::is_empty"
     )]
     pub net: Vec<NetConfig>,
+    /// The instance record the metadata service answers with (imds crate
+    /// format), served on the first network interface at 169.254.169.254.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imds: Option<serde_json::Value>,
+}
+
+/// Check an instance record for the metadata service.
+pub fn parse_imds_record(value: &serde_json::Value) -> Result<imds::InstanceRecord, ConfigError> {
+    let text = value.to_string();
+    from_json_slice(text.as_bytes(), "imds")
 }
 
 impl VmConfig {
@@ -434,6 +444,16 @@ impl VmConfig {
                 return Err(ConfigError::new(
                     format!("drives[{i}].drive_id"),
                     format!("{:?} is used by another drive", d.drive_id),
+                ));
+            }
+        }
+        if let Some(record) = &self.imds {
+            parse_imds_record(record)
+                .map_err(|e| ConfigError::new(format!("imds.{}", e.field), e.reason))?;
+            if self.net.is_empty() {
+                return Err(ConfigError::new(
+                    "imds",
+                    "the metadata service needs a network interface to answer on (--net)",
                 ));
             }
         }

@@ -6,6 +6,7 @@ pub mod api;
 pub mod arch;
 pub mod boot;
 pub mod config;
+pub mod imds_hook;
 pub mod interrupts;
 pub mod runtime;
 pub mod vcpu;

@@ -56,6 +56,10 @@ struct Cli {
     /// (repeatable).
     #[arg(long = "net", requires = "kernel")]
     nets: Vec<String>,
+    /// Instance record (JSON, imds crate format) for the metadata service
+    /// at 169.254.169.254 on the first --net interface.
+    #[arg(long, requires = "kernel")]
+    imds: Option<PathBuf>,
     /// Whole VM configuration as JSON (Firecracker-style).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -110,6 +114,17 @@ fn config_from_flags(cli: &Cli) -> anyhow::Result<Option<VmConfig>> {
             .enumerate()
             .map(|(i, n)| NetConfig::from_cli(n, i))
             .collect::<Result<_, _>>()?,
+        imds: match &cli.imds {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read instance record {}", path.display()))?;
+                Some(
+                    serde_json::from_str(&text)
+                        .with_context(|| format!("{}: not JSON", path.display()))?,
+                )
+            }
+            None => None,
+        },
     }))
 }
 

@@ -120,6 +120,7 @@ struct Controller {
     serial: SerialConfig,
     drives: Vec<DriveConfig>,
     net: Vec<NetConfig>,
+    imds: Option<serde_json::Value>,
     vm: Option<Vm>,
     start: Instant,
 }
@@ -138,6 +139,7 @@ impl Controller {
             serial: self.serial.clone(),
             drives: self.drives.clone(),
             net: self.net.clone(),
+            imds: self.imds.clone(),
         };
         cfg.validate()?;
         Ok(cfg)
@@ -199,10 +201,15 @@ impl Controller {
             },
             ApiRequest::GetDrives => ApiResponse::ok(json!(self.drives)),
             ApiRequest::GetNetworkInterfaces => ApiResponse::ok(json!(self.net)),
+            ApiRequest::GetImds => match &self.imds {
+                Some(r) => ApiResponse::ok(r.clone()),
+                None => ApiResponse::error(404, "no instance metadata configured", None),
+            },
             ApiRequest::PutMachineConfig(_)
             | ApiRequest::PutBootSource(_)
             | ApiRequest::PutDrive(..)
             | ApiRequest::PutNetworkInterface(..)
+            | ApiRequest::PutImds(_)
                 if started =>
             {
                 pre_boot_only("the configuration")
@@ -264,6 +271,13 @@ impl Controller {
                     }
                 }
             }
+            ApiRequest::PutImds(record) => match crate::config::parse_imds_record(&record) {
+                Ok(_) => {
+                    self.imds = Some(record);
+                    ApiResponse::no_content()
+                }
+                Err(e) => ApiResponse::error(400, format!("imds.{e}"), Some(&e.field)),
+            },
             ApiRequest::Action(ActionType::InstanceStart) if started => {
                 ApiResponse::error(400, "the instance is already running", None)
             }
@@ -308,6 +322,7 @@ pub fn run(opts: RunOptions) -> Result<ExitReason, RuntimeError> {
         serial: SerialConfig::default(),
         drives: Vec::new(),
         net: Vec::new(),
+        imds: None,
         vm: None,
         start: opts.start,
     };
@@ -317,6 +332,7 @@ pub fn run(opts: RunOptions) -> Result<ExitReason, RuntimeError> {
         ctl.serial = cfg.serial.clone();
         ctl.drives = cfg.drives.clone();
         ctl.net = cfg.net.clone();
+        ctl.imds = cfg.imds.clone();
     }
 
     let (api_tx, api_rx) = mpsc::channel::<ApiMessage>();

@@ -160,7 +160,17 @@ impl Vm {
             vm.add_drive(drive)?;
         }
         for (i, net) in cfg.net.iter().enumerate() {
-            vm.add_net(net, i)?;
+            // The metadata service answers on the primary interface.
+            let imds = match (&cfg.imds, i) {
+                (Some(record), 0) => Some(crate::config::parse_imds_record(record).map_err(
+                    |e| VmError::Net {
+                        id: net.iface_id.clone(),
+                        detail: format!("imds: {e}"),
+                    },
+                )?),
+                _ => None,
+            };
+            vm.add_net(net, i, imds.as_ref())?;
         }
         vm.load_kernel(&cfg.boot_source)?;
         Ok(vm)
@@ -376,7 +386,12 @@ impl Vm {
     }
 
     /// Plug a virtio-net device on a tap into the next PCI slot.
-    pub fn add_net(&mut self, net: &NetConfig, index: usize) -> Result<(), VmError> {
+    pub fn add_net(
+        &mut self,
+        net: &NetConfig,
+        index: usize,
+        imds: Option<&imds::InstanceRecord>,
+    ) -> Result<(), VmError> {
         let err = |detail: String| VmError::Net {
             id: net.iface_id.clone(),
             detail,
@@ -393,7 +408,17 @@ impl Vm {
                 .collect::<Vec<_>>()
                 .join(":")
         );
-        let device = Net::new(tap, NetDeviceConfig { mac, mtu: None }, None);
+        let hook: Option<Box<dyn devices::virtio::net::FrameHook>> = match imds {
+            Some(record) => Some(Box::new(
+                crate::imds_hook::ImdsHook::new(record)
+                    .map_err(|e| err(format!("metadata service: {e}")))?,
+            )),
+            None => None,
+        };
+        if hook.is_some() {
+            log::info!("net {}: metadata service at 169.254.169.254", net.iface_id);
+        }
+        let device = Net::new(tap, NetDeviceConfig { mac, mtu: None }, hook);
         self.add_virtio_device(Box::new(device))
             .map_err(|e| err(e.to_string()))
     }

@@ -41,6 +41,9 @@ pub enum ApiRequest {
     PutBootSource(BootSource),
     GetDrives,
     GetNetworkInterfaces,
+    GetImds,
+    /// The instance record (imds crate format), checked on the VMM thread.
+    PutImds(serde_json::Value),
     /// (id from the path, body)
     PutNetworkInterface(String, NetConfig),
     /// (id from the path, body)
