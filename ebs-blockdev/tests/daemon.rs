@@ -322,3 +322,68 @@ fn cli_copies_a_raw_image_into_a_volume_and_back() {
     );
     assert!(back[image.len()..].iter().all(|&byte| byte == 0));
 }
+
+#[test]
+fn the_api_is_also_served_over_tcp_when_asked() {
+    let run = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let address = format!("127.0.0.1:{port}");
+    let daemon = Daemon::start_with(
+        run.path(),
+        &run.path().join("data"),
+        &["--api-listen", &address],
+        &[],
+    );
+    let api = ApiClient::new(ApiTarget::Tcp(address.clone()));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let created = loop {
+        match api.call(
+            "CreateVolume",
+            &json!({"AvailabilityZone": "local-1a", "Size": 2, "VolumeType": "gp3"}),
+        ) {
+            Ok(created) => break created,
+            Err(error) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "API over TCP unreachable: {error}"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        }
+    };
+    let volume_id = created["VolumeId"].as_str().unwrap();
+    // The same state is visible through the Unix socket, and via the CLI's --api-url.
+    let described = daemon.cli_ok(&["describe-volumes", "--volume-ids", volume_id]);
+    assert_eq!(described["Volumes"][0]["Size"], 2);
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_ebs"))
+        .args([
+            "--api-url",
+            &format!("http://{address}"),
+            "describe-volumes",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let listed: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(listed["Volumes"][0]["VolumeId"], volume_id);
+    let attached = daemon.cli_ok(&[
+        "attach-volume",
+        "--volume-id",
+        volume_id,
+        "--instance-id",
+        INSTANCE,
+    ]);
+    let export_name = attached["NbdExport"]["ExportName"].as_str().unwrap();
+    let client =
+        NbdClient::connect_export(&NbdEndpoint::Unix(daemon.nbd_sock.clone()), export_name)
+            .unwrap();
+    assert_eq!(client.size(), 2 << 30);
+}

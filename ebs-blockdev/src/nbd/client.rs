@@ -258,6 +258,14 @@ impl NbdClient {
         })
     }
 
+    /// Connects with the full export name AttachVolume returned (`<volume-id>/<token>`).
+    pub fn connect_export(endpoint: &NbdEndpoint, export_name: &str) -> Result<Self, NbdError> {
+        match export_name.split_once('/') {
+            Some((volume, token)) => Self::connect(endpoint, volume, Some(token)),
+            None => Self::connect(endpoint, export_name, None),
+        }
+    }
+
     pub fn info(&self) -> ExportInfo {
         self.info
     }
