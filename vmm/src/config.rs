@@ -305,6 +305,30 @@ pub struct NetConfig {
     /// The guest's MAC (the ENI's); a locally administered one by default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guest_mac: Option<String>,
+    /// `ADDR/PREFIX`: the ENI's private IP, handed out by the VMM's DHCP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_ip: Option<String>,
+    /// Default gateway; the subnet's first address when absent (as in a VPC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u16>,
+}
+
+/// Parse `a.b.c.d/n`.
+pub fn parse_cidr(text: &str) -> Result<(std::net::Ipv4Addr, u8), String> {
+    let (ip, prefix) = text
+        .split_once('/')
+        .ok_or_else(|| format!("{text:?} is not ADDR/PREFIX"))?;
+    let ip: std::net::Ipv4Addr = ip
+        .parse()
+        .map_err(|_| format!("{ip:?} is not an IPv4 address"))?;
+    let prefix: u8 = prefix
+        .parse()
+        .ok()
+        .filter(|p| (8..=30).contains(p))
+        .ok_or_else(|| format!("prefix /{prefix} must be between 8 and 30"))?;
+    Ok((ip, prefix))
 }
 
 /// Parse `aa:bb:cc:dd:ee:ff`.
@@ -358,7 +382,48 @@ impl NetConfig {
         if let Some(mac) = &self.guest_mac {
             parse_mac(mac).map_err(|e| ConfigError::new("guest_mac", e))?;
         }
+        if let Some(ip) = &self.guest_ip {
+            parse_cidr(ip).map_err(|e| ConfigError::new("guest_ip", e))?;
+        }
+        if let Some(gw) = &self.gateway {
+            if self.guest_ip.is_none() {
+                return Err(ConfigError::new("gateway", "needs guest_ip"));
+            }
+            gw.parse::<std::net::Ipv4Addr>().map_err(|_| {
+                ConfigError::new("gateway", format!("{gw:?} is not an IPv4 address"))
+            })?;
+        }
+        if let Some(mtu) = self.mtu {
+            if !(576..=9001).contains(&mtu) {
+                return Err(ConfigError::new(
+                    "mtu",
+                    format!("must be between 576 and 9001, got {mtu}"),
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// The DHCP lease this interface hands out, when it has an IP.
+    pub fn dhcp_lease(&self, mac: [u8; 6]) -> Option<crate::dhcp::DhcpLease> {
+        let (ip, prefix_len) = parse_cidr(self.guest_ip.as_deref()?).ok()?;
+        let mask = u32::MAX << (32 - u32::from(prefix_len));
+        let gateway = self
+            .gateway
+            .as_deref()
+            .and_then(|g| g.parse().ok())
+            .unwrap_or_else(|| std::net::Ipv4Addr::from((u32::from(ip) & mask) + 1));
+        let o = ip.octets();
+        Some(crate::dhcp::DhcpLease {
+            guest_mac: mac,
+            ip,
+            prefix_len,
+            gateway,
+            dns: None,
+            mtu: self.mtu.unwrap_or(1500),
+            lease_secs: 3600,
+            hostname: Some(format!("ip-{}-{}-{}-{}", o[0], o[1], o[2], o[3])),
+        })
     }
 
     pub fn mac(&self, index: usize) -> [u8; 6] {
@@ -373,6 +438,9 @@ impl NetConfig {
     pub fn from_cli(spec: &str, index: usize) -> Result<Self, ConfigError> {
         let mut tap = None;
         let mut mac = None;
+        let mut ip = None;
+        let mut gw = None;
+        let mut mtu = None;
         let mut id = format!("eth{index}");
         for part in spec.split(',') {
             let (k, v) = part
@@ -381,11 +449,18 @@ impl NetConfig {
             match k {
                 "tap" => tap = Some(v.to_string()),
                 "mac" => mac = Some(v.to_string()),
+                "ip" => ip = Some(v.to_string()),
+                "gw" => gw = Some(v.to_string()),
+                "mtu" => {
+                    mtu = Some(v.parse().map_err(|_| {
+                        ConfigError::new("--net", format!("mtu={v} is not a number"))
+                    })?)
+                }
                 "id" => id = v.to_string(),
                 other => {
                     return Err(ConfigError::new(
                         "--net",
-                        format!("unknown key {other:?} (known: tap, mac, id)"),
+                        format!("unknown key {other:?} (known: tap, mac, id, ip, gw, mtu)"),
                     ))
                 }
             }
@@ -394,6 +469,9 @@ impl NetConfig {
             iface_id: id,
             host_dev_name: tap.ok_or_else(|| ConfigError::new("--net", "tap= is required"))?,
             guest_mac: mac,
+            guest_ip: ip,
+            gateway: gw,
+            mtu,
         })
     }
 }
@@ -573,8 +651,21 @@ mod tests {
             iface_id: "eth0".into(),
             host_dev_name: "a-name-that-is-far-too-long".into(),
             guest_mac: None,
+            guest_ip: None,
+            gateway: None,
+            mtu: None,
         };
         assert_eq!(bad.validate().unwrap_err().field, "host_dev_name");
+        let n = NetConfig::from_cli("tap=tap0,ip=172.31.16.10/20,mtu=9001", 0).unwrap();
+        assert!(n.validate().is_ok());
+        let lease = n.dhcp_lease([2, 0, 0, 0, 0, 1]).unwrap();
+        assert_eq!(lease.gateway, std::net::Ipv4Addr::new(172, 31, 16, 1));
+        assert_eq!(lease.netmask(), std::net::Ipv4Addr::new(255, 255, 240, 0));
+        assert_eq!(lease.hostname.as_deref(), Some("ip-172-31-16-10"));
+        let bad = NetConfig::from_cli("tap=tap0,ip=172.31.16.10/33", 0).unwrap();
+        assert_eq!(bad.validate().unwrap_err().field, "guest_ip");
+        let bad = NetConfig::from_cli("tap=tap0,ip=10.0.0.2/24,mtu=100", 0).unwrap();
+        assert_eq!(bad.validate().unwrap_err().field, "mtu");
     }
 
     #[test]

@@ -408,17 +408,27 @@ impl Vm {
                 .collect::<Vec<_>>()
                 .join(":")
         );
-        let hook: Option<Box<dyn devices::virtio::net::FrameHook>> = match imds {
-            Some(record) => Some(Box::new(
-                crate::imds_hook::ImdsHook::new(record)
-                    .map_err(|e| err(format!("metadata service: {e}")))?,
-            )),
-            None => None,
-        };
-        if hook.is_some() {
+        let dhcp = net.dhcp_lease(mac).map(|lease| {
+            log::info!(
+                "net {}: DHCP offers {}/{} via {}",
+                net.iface_id,
+                lease.ip,
+                lease.prefix_len,
+                lease.gateway
+            );
+            crate::dhcp::DhcpServer::new(lease)
+        });
+        if imds.is_some() {
             log::info!("net {}: metadata service at 169.254.169.254", net.iface_id);
         }
-        let device = Net::new(tap, NetDeviceConfig { mac, mtu: None }, hook);
+        let link = crate::guest_link::GuestLinkHook::new(dhcp, imds)
+            .map_err(|e| err(format!("metadata service: {e}")))?;
+        let hook: Option<Box<dyn devices::virtio::net::FrameHook>> = if link.is_empty() {
+            None
+        } else {
+            Some(Box::new(link))
+        };
+        let device = Net::new(tap, NetDeviceConfig { mac, mtu: net.mtu }, hook);
         self.add_virtio_device(Box::new(device))
             .map_err(|e| err(e.to_string()))
     }

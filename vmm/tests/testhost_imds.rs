@@ -1,8 +1,10 @@
-//! The metadata service on the guest's virtio-net link, end to end in the
-//! test host: an unmodified Debian guest routes 169.254.169.254 out of
-//! eth0; the VMM answers ARP and HTTP itself (nothing on the host side of
-//! the tap knows about IMDS). IMDSv1 GET, IMDSv2 token PUT and a GET with
-//! the token all work.
+//! DHCP and the metadata service on the guest's virtio-net link, end to end
+//! in the test host. The guest configures eth0 by DHCP (answered by the
+//! VMM: address, mask, gateway, MTU, as a VPC's DHCP), pings the gateway on
+//! the tap's host side, and reaches 169.254.169.254 through its default
+//! route; the VMM answers the metadata requests itself (nothing on the host
+//! side knows about IMDS). IMDSv1 GET, IMDSv2 token PUT and a GET with the
+//! token all work.
 
 use std::time::Duration;
 
@@ -33,7 +35,18 @@ fn guest_reaches_imds_on_its_own_link() {
     let record = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("imds-record.json");
     std::fs::write(&record, RECORD).unwrap();
     let guest = r#"
-ip link set eth0 up && ip addr add 172.31.16.10/20 dev eth0 && ip route add 169.254.169.254 dev eth0
+cat > /tmp/dhcp.sh <<'EOS'
+#!/bin/sh
+[ "$1" = bound ] || exit 0
+ip addr add "$ip/$mask" dev "$interface"
+ip link set "$interface" mtu "$mtu"
+ip route add default via "$router"
+echo "DHCP $ip/$mask $router $mtu"
+EOS
+chmod +x /tmp/dhcp.sh
+ip link set eth0 up
+udhcpc -i eth0 -n -q -t 5 -s /tmp/dhcp.sh >/dev/null 2>&1
+echo "PING $(ping -c 2 -W 3 172.31.16.1 | grep -c 'bytes from')"
 echo "IID $(wget -q -O - http://169.254.169.254/latest/meta-data/instance-id)"
 echo "LOCALIP $(wget -q -O - http://169.254.169.254/latest/meta-data/local-ipv4)"
 T=$(printf 'PUT /latest/api/token HTTP/1.1\r\nHost: 169.254.169.254\r\nX-aws-ec2-metadata-token-ttl-seconds: 60\r\nConnection: close\r\n\r\n' | nc 169.254.169.254 80 | tail -n 1)
@@ -45,8 +58,9 @@ echo "V2IID $(wget -q -O - --header "X-aws-ec2-metadata-token: $T" http://169.25
         base64(guest.as_bytes())
     );
     let script = format!(
-        "ip tuntap add tap0 mode tap vnet_hdr && ip link set tap0 up && \
-         {vmm} --kernel {k} --initrd {i} --mem-mib 256 --net tap=tap0,mac=02:00:ac:1f:10:0a \
+        "ip tuntap add tap0 mode tap vnet_hdr && ip addr add 172.31.16.1/20 dev tap0 && ip link set tap0 up && \
+         {vmm} --kernel {k} --initrd {i} --mem-mib 256 \
+         --net tap=tap0,mac=02:00:ac:1f:10:0a,ip=172.31.16.10/20,mtu=1400 \
          --imds {r} --cmdline {c}; echo VMM-EXIT $?",
         vmm = sh_quote(VMM),
         k = sh_quote(&assets.vmlinux.to_string_lossy()),
