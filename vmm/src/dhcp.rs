@@ -55,6 +55,14 @@ impl DhcpLease {
 /// The server's own MAC on the link (locally administered).
 pub const SERVER_MAC: [u8; 6] = [0x06, 0x00, 0x00, 0x00, 0x00, 0x01];
 
+/// The parts of a client message the server answers from.
+struct ClientMessage {
+    kind: u8,
+    xid: [u8; 4],
+    flags: [u8; 2],
+    requested: Option<Ipv4Addr>,
+}
+
 pub struct DhcpServer {
     lease: DhcpLease,
     replies: VecDeque<Vec<u8>>,
@@ -84,9 +92,8 @@ impl DhcpServer {
         }
     }
 
-    /// A DHCP client message from our guest? Returns (message type, xid,
-    /// flags, requested IP) when it is.
-    fn parse(&self, frame: &[u8]) -> Option<(u8, [u8; 4], [u8; 2], Option<Ipv4Addr>)> {
+    /// A DHCP client message from our guest?
+    fn parse(&self, frame: &[u8]) -> Option<ClientMessage> {
         if frame.len() < ETH_HDR + IP_HDR + UDP_HDR + BOOTP_FIXED + 4
             || frame[12..14] != [0x08, 0x00]
         {
@@ -138,12 +145,23 @@ impl DhcpServer {
                 }
             }
         }
-        Some((kind?, xid, flags, requested))
+        Some(ClientMessage {
+            kind: kind?,
+            xid,
+            flags,
+            requested,
+        })
     }
 
     /// Offer a frame from the guest; true when it was a DHCP message for us.
     pub fn handle_frame(&mut self, frame: &[u8]) -> bool {
-        let Some((kind, xid, flags, requested)) = self.parse(frame) else {
+        let Some(ClientMessage {
+            kind,
+            xid,
+            flags,
+            requested,
+        }) = self.parse(frame)
+        else {
             return false;
         };
         let reply = match kind {
