@@ -124,6 +124,140 @@ pub fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
+/// A running `ebsd` (the block service) for tests, killed on drop.
+pub struct Ebsd {
+    child: std::process::Child,
+    pub api: PathBuf,
+    pub data: PathBuf,
+    pub port: u16,
+    bin: PathBuf,
+    ebs: PathBuf,
+}
+
+impl Ebsd {
+    /// Build ebs-blockdev's binaries into the calling test's target
+    /// directory and start `ebsd` with its NBD export on 127.0.0.1:`port`
+    /// (0: any free port) and its API on a socket under `dir`.
+    pub fn start(dir: &Path, port: u16) -> Ebsd {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "-p", "ebs-blockdev", "--bins"])
+            .current_dir(repo_root())
+            .status()
+            .expect("cargo build -p ebs-blockdev");
+        assert!(status.success(), "building ebsd failed");
+        // Test executables run from target/<profile>/deps/.
+        let exe = std::env::current_exe().expect("test executable path");
+        let bins = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target/<profile>")
+            .to_path_buf();
+        let port = if port == 0 { free_port() } else { port };
+        Self::spawn(bins.join("ebsd"), bins.join("ebs"), dir, port)
+    }
+
+    fn spawn(bin: PathBuf, ebs: PathBuf, dir: &Path, port: u16) -> Ebsd {
+        std::fs::create_dir_all(dir).expect("ebsd dir");
+        let api = dir.join("api.sock");
+        let data = dir.join("data");
+        let child = Self::run_daemon(&bin, &api, &data, port);
+        Ebsd {
+            child,
+            api,
+            data,
+            port,
+            bin,
+            ebs,
+        }
+    }
+
+    fn run_daemon(bin: &Path, api: &Path, data: &Path, port: u16) -> std::process::Child {
+        let _ = std::fs::remove_file(api);
+        let child = Command::new(bin)
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(data)
+            .arg("--nbd-listen")
+            .arg(format!("tcp:127.0.0.1:{port}"))
+            .arg("--api-sock")
+            .arg(api)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start ebsd");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !api.exists() || std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "ebsd did not start listening");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        child
+    }
+
+    /// kill -9 the daemon and start it again on the same port and data.
+    pub fn crash_and_restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = Self::run_daemon(&self.bin, &self.api, &self.data, self.port);
+    }
+
+    /// Run the `ebs` CLI against this daemon; returns its JSON output.
+    pub fn ebs(&self, args: &[&str]) -> serde_json::Value {
+        let out = Command::new(&self.ebs)
+            .args(args)
+            .env("EBS_API_SOCK", &self.api)
+            .output()
+            .expect("run ebs");
+        assert!(
+            out.status.success(),
+            "ebs {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("ebs prints JSON")
+    }
+
+    /// Create a gp3 volume of `gib` and attach it; (volume id, export name).
+    pub fn attached_volume(&self, gib: u32) -> (String, String) {
+        let vol = self.ebs(&[
+            "create-volume",
+            "--size",
+            &gib.to_string(),
+            "--volume-type",
+            "gp3",
+        ]);
+        let id = vol["VolumeId"].as_str().expect("VolumeId").to_string();
+        let att = self.ebs(&[
+            "attach-volume",
+            "--volume-id",
+            &id,
+            "--instance-id",
+            "i-0123456789abcdef0",
+            "--device",
+            "/dev/vda",
+        ]);
+        let export = att["NbdExport"]["ExportName"]
+            .as_str()
+            .expect("ExportName")
+            .to_string();
+        (id, export)
+    }
+}
+
+impl Drop for Ebsd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A TCP port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -159,12 +159,24 @@ pub struct SerialConfig {
     pub output_path: Option<PathBuf>,
 }
 
-/// A virtio-blk drive backed by a raw file (instance store or image).
+/// A virtio-blk drive: a raw file (instance store, image) or an EBS
+/// volume served by `ebsd` over NBD.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DriveConfig {
     pub drive_id: String,
-    pub path_on_host: PathBuf,
+    /// A raw file or block device on the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_on_host: Option<PathBuf>,
+    /// An EBS volume id (`vol-` + 17 hex digits) on `endpoint`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_id: Option<String>,
+    /// The block service's NBD endpoint: `unix:/path` or `host:port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// The attachment's token (from AttachVolume's export name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
     #[serde(default)]
     pub is_read_only: bool,
     /// Serial number the guest sees (/dev/disk/by-id/virtio-<serial>);
@@ -196,37 +208,45 @@ impl DriveConfig {
                 ),
             ));
         }
-        match std::fs::metadata(&self.path_on_host) {
-            Ok(m)
-                if m.is_file()
-                    || std::os::unix::fs::FileTypeExt::is_block_device(&m.file_type()) =>
-            {
-                if m.is_file() && !m.len().is_multiple_of(512) {
+        match (&self.path_on_host, &self.volume_id) {
+            (Some(path), None) => check_drive_file(path)?,
+            (None, Some(vol)) => {
+                let ok = vol.len() == 21
+                    && vol.starts_with("vol-")
+                    && vol[4..]
+                        .bytes()
+                        .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
+                if !ok {
                     return Err(ConfigError::new(
-                        "path_on_host",
-                        format!(
-                            "{}: size {} is not a multiple of 512 bytes",
-                            self.path_on_host.display(),
-                            m.len()
-                        ),
+                        "volume_id",
+                        format!("{vol:?} is not a volume id (vol- and 17 lowercase hex digits)"),
+                    ));
+                }
+                if self.endpoint.is_none() {
+                    return Err(ConfigError::new(
+                        "endpoint",
+                        "an EBS volume needs the block service's NBD endpoint",
                     ));
                 }
             }
-            Ok(_) => {
+            (Some(_), Some(_)) => {
                 return Err(ConfigError::new(
-                    "path_on_host",
-                    format!(
-                        "{} is not a regular file or block device",
-                        self.path_on_host.display()
-                    ),
+                    "volume_id",
+                    "give either path_on_host or volume_id, not both",
                 ))
             }
-            Err(e) => {
+            (None, None) => {
                 return Err(ConfigError::new(
                     "path_on_host",
-                    format!("cannot access {}: {e}", self.path_on_host.display()),
+                    "give path_on_host (a file) or volume_id (EBS)",
                 ))
             }
+        }
+        if self.path_on_host.is_some() && (self.endpoint.is_some() || self.token.is_some()) {
+            return Err(ConfigError::new(
+                "endpoint",
+                "endpoint and token apply to EBS volumes only",
+            ));
         }
         if let Some(s) = &self.serial {
             if s.is_empty() || s.len() > 20 || !s.bytes().all(|b| b.is_ascii_graphic()) {
@@ -249,6 +269,9 @@ impl DriveConfig {
     pub fn from_cli(spec: &str) -> Result<Self, ConfigError> {
         let mut id = None;
         let mut path = None;
+        let mut vol = None;
+        let mut endpoint = None;
+        let mut token = None;
         let mut read_only = false;
         let mut serial = None;
         let mut queues = 1u16;
@@ -259,6 +282,9 @@ impl DriveConfig {
             match k {
                 "id" => id = Some(v.to_string()),
                 "path" => path = Some(PathBuf::from(v)),
+                "vol" => vol = Some(v.to_string()),
+                "endpoint" => endpoint = Some(v.to_string()),
+                "token" => token = Some(v.to_string()),
                 "ro" | "readonly" => {
                     read_only = match v {
                         "on" | "true" | "yes" | "1" => true,
@@ -280,14 +306,17 @@ impl DriveConfig {
                 other => {
                     return Err(ConfigError::new(
                         "--drive",
-                        format!("unknown key {other:?} (known: id, path, ro, serial, queues)"),
+                        format!("unknown key {other:?} (known: id, path, vol, endpoint, token, ro, serial, queues)"),
                     ))
                 }
             }
         }
         Ok(Self {
             drive_id: id.ok_or_else(|| ConfigError::new("--drive", "id= is required"))?,
-            path_on_host: path.ok_or_else(|| ConfigError::new("--drive", "path= is required"))?,
+            path_on_host: path,
+            volume_id: vol,
+            endpoint,
+            token,
             is_read_only: read_only,
             serial,
             num_queues: queues,
@@ -473,6 +502,44 @@ impl NetConfig {
             gateway: gw,
             mtu,
         })
+    }
+}
+
+fn check_drive_file(path: &std::path::Path) -> Result<(), ConfigError> {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() && !m.len().is_multiple_of(512) => Err(ConfigError::new(
+            "path_on_host",
+            format!(
+                "{}: size {} is not a multiple of 512 bytes",
+                path.display(),
+                m.len()
+            ),
+        )),
+        Ok(m) if m.is_file() || m.file_type().is_block_device() => Ok(()),
+        Ok(_) => Err(ConfigError::new(
+            "path_on_host",
+            format!("{} is not a regular file or block device", path.display()),
+        )),
+        Err(e) => Err(ConfigError::new(
+            "path_on_host",
+            format!("cannot access {}: {e}", path.display()),
+        )),
+    }
+}
+
+impl DriveConfig {
+    /// What the guest sees as the disk's serial: the given one, or for an
+    /// EBS volume its id without the dash (20 bytes, as EC2's NVMe serials:
+    /// `vol0123456789abcdef0`), else the drive id.
+    pub fn guest_serial(&self) -> String {
+        if let Some(s) = &self.serial {
+            return s.clone();
+        }
+        match &self.volume_id {
+            Some(v) => v.replacen('-', "", 1),
+            None => self.drive_id.chars().take(20).collect(),
+        }
     }
 }
 

@@ -7,6 +7,7 @@ pub mod arch;
 pub mod boot;
 pub mod config;
 pub mod dhcp;
+pub mod ebs_backend;
 pub mod guest_link;
 pub mod interrupts;
 pub mod runtime;

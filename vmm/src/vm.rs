@@ -24,7 +24,7 @@ use crate::interrupts::{GsiRouter, KvmIoEvents, KvmMsiGroup, PCI_INTX_GSI_BASE, 
 use crate::vcpu::{ExitReason, ExitSignal, VcpuContext, VcpuHandle};
 use acpi::PciResources;
 use devices::pci::{PciConfigIo, PciConfigMmio, PciRoot};
-use devices::virtio::block::{Block, BlockConfig, FileBackend};
+use devices::virtio::block::{Block, BlockBackend, BlockConfig, FileBackend};
 use devices::virtio::net::{Net, NetConfig as NetDeviceConfig, Tap};
 use devices::virtio::pci::{VirtioPciDevice, BAR_SIZE};
 use devices::virtio::VirtioDevice;
@@ -368,16 +368,30 @@ impl Vm {
             id: drive.drive_id.clone(),
             detail,
         };
-        let backend = FileBackend::open(&drive.path_on_host, drive.is_read_only)
-            .map_err(|e| err(format!("{}: {e}", drive.path_on_host.display())))?;
+        let backend: Arc<dyn BlockBackend> = match (&drive.path_on_host, &drive.volume_id) {
+            (Some(path), _) => Arc::new(
+                FileBackend::open(path, drive.is_read_only)
+                    .map_err(|e| err(format!("{}: {e}", path.display())))?,
+            ),
+            (None, Some(vol)) => {
+                let endpoint = drive.endpoint.as_deref().unwrap_or_default();
+                let ebs =
+                    crate::ebs_backend::EbsBackend::connect(endpoint, vol, drive.token.as_deref())
+                        .map_err(|e| err(format!("EBS volume {vol}: {e}")))?;
+                if ebs.read_only() && !drive.is_read_only {
+                    return Err(err(format!(
+                        "EBS volume {vol} is attached read-only: set is_read_only (ro=on)"
+                    )));
+                }
+                Arc::new(ebs)
+            }
+            (None, None) => return Err(err("no path_on_host or volume_id".into())),
+        };
         let block = Block::new(
-            Arc::new(backend),
+            backend,
             BlockConfig {
                 read_only: drive.is_read_only,
-                serial: drive
-                    .serial
-                    .clone()
-                    .unwrap_or_else(|| drive.drive_id.clone()),
+                serial: drive.guest_serial(),
                 num_queues: drive.num_queues,
             },
         );

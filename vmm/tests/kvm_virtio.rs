@@ -105,7 +105,10 @@ fn test_driver_reads_and_writes_a_file_through_virtio_pci() {
     let mut vm = Vm::new(&machine, Box::new(std::io::sink()), Instant::now()).unwrap();
     vm.add_drive(&DriveConfig {
         drive_id: "data".into(),
-        path_on_host: disk.clone(),
+        path_on_host: Some(disk.clone()),
+        volume_id: None,
+        endpoint: None,
+        token: None,
         is_read_only: false,
         serial: Some("vol0123456789abcdef0".into()),
         num_queues: 1,
