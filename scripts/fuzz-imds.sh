@@ -4,7 +4,7 @@
 #
 #   scripts/fuzz-imds.sh [SECONDS_PER_TARGET]     (default 60)
 #
-# Installs cargo-fuzz from crates.io on first use. Crashes land in imds/fuzz/artifacts/<target>/
+# Installs cargo-fuzz with `cargo install` on first use. Crashes land in imds/fuzz/artifacts/<target>/
 # and make the script exit non-zero.
 set -euo pipefail
 
