@@ -2,13 +2,13 @@
 # Fuzzes the imds HTTP parser + handler and the in-VMM frame responder with cargo-fuzz
 # (libFuzzer, nightly toolchain) for a bounded time per target.
 #
-#   scripts/fuzz-imds.sh [SECONDS_PER_TARGET]     (default 60)
+#   scripts/fuzz-imds.sh [SECONDS_PER_TARGET]     (default 60; FUZZ_SECONDS also works)
 #
 # Installs cargo-fuzz with `cargo install` on first use. Crashes land in imds/fuzz/artifacts/<target>/
 # and make the script exit non-zero.
 set -euo pipefail
 
-seconds="${1:-60}"
+seconds="${1:-${FUZZ_SECONDS:-60}}"
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 fuzz_dir="$repo_root/imds/fuzz"
 

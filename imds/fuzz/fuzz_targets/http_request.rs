@@ -38,7 +38,10 @@ fuzz_target!(|data: &[u8]| {
             }
             Ok(Parsed::Partial) => {
                 // Asking for more is only allowed while the request could still fit.
-                let blank_lines = rest.iter().take_while(|b| **b == b'\r' || **b == b'\n').count();
+                let blank_lines = rest
+                    .iter()
+                    .take_while(|b| **b == b'\r' || **b == b'\n')
+                    .count();
                 assert!(rest.len() - blank_lines <= MAX_HEAD_BYTES + MAX_BODY_BYTES);
                 break;
             }

@@ -61,7 +61,9 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let mut device = Queues::default();
-    let config = Config::new(HardwareAddress::Ethernet(EthernetAddress([2, 0, 0, 0, 0, 1])));
+    let config = Config::new(HardwareAddress::Ethernet(EthernetAddress([
+        2, 0, 0, 0, 0, 1,
+    ])));
     let mut guest = Interface::new(config, &mut device, smoltcp::time::Instant::ZERO);
     guest.update_ip_addrs(|addresses| {
         let _ = addresses.push(IpCidr::new(Ipv4Address::new(169, 254, 10, 2).into(), 16));
