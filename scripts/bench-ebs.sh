@@ -6,7 +6,9 @@
 #   scripts/bench-ebs.sh [seconds-per-job]      (default 10)
 #
 # Needs: scripts/setup/ebs.sh (qemu-nbd, fio), a Rust toolchain. The ebsd volume is an io2
-# volume provisioned at 256,000 IOPS so that QoS does not bind; the table is printed in
+# volume provisioned at 256,000 IOPS so that QoS does not bind. Both servers use the page
+# cache (ebsd: buffered I/O, fdatasync on FLUSH/FUA; qemu-nbd: --cache=writeback), so the
+# comparison is of the servers, not of O_DIRECT against buffering. The table is printed in
 # Markdown (paste into docs/ebs.md).
 set -euo pipefail
 
@@ -41,7 +43,7 @@ export_name="$(ebs attach-volume --volume-id "$volume_id" --instance-id i-012345
     python3 -c 'import json,sys; print(json.load(sys.stdin)["NbdExport"]["ExportName"])')"
 
 qemu-img create -q -f raw "$work/raw.img" 1G
-qemu-nbd --format=raw --persistent --shared=8 --export-name=raw --cache=none --aio=threads \
+qemu-nbd --format=raw --persistent --shared=8 --export-name=raw --cache=writeback --aio=threads \
     --discard=unmap "--socket=$work/qemu-nbd.sock" "$work/raw.img" &
 pids+=("$!")
 for _ in $(seq 100); do [ -S "$work/qemu-nbd.sock" ] && break; sleep 0.1; done
@@ -52,9 +54,10 @@ run_job() { # uri rw bs depth
         --size=1g --time_based --runtime="$runtime" --output-format=json 2>/dev/null |
         python3 -c '
 import json, sys
-job = json.load(sys.stdin)["jobs"][0]
+text = sys.stdin.read()  # fio prints "connected to NBD server" before its JSON
+job = json.loads(text[text.index("{"):])["jobs"][0]
 side = job["read"] if job["read"]["io_bytes"] else job["write"]
-print(f"{side[\"iops\"]:.0f} {side[\"bw_bytes\"] / 1048576:.0f}")'
+print("%.0f %.0f" % (side["iops"], side["bw_bytes"] / 1048576))'
 }
 
 declare -A results
