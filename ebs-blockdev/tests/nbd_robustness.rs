@@ -271,3 +271,84 @@ fn many_threads_pipeline_requests_on_one_client() {
     assert!(large[..100_000] == random_bytes(0, 100_000)[..]);
     client.flush().unwrap();
 }
+
+#[test]
+fn completions_can_be_polled_and_notified_for_an_event_loop() {
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::mpsc;
+    let directory = tempfile::tempdir().unwrap();
+    let (provider, _stores) = provider_with(directory.path(), &[(WRITABLE, 8 * MIB, false)]);
+    let socket = start_unix_server(directory.path(), provider);
+    let client = NbdClient::connect(&NbdEndpoint::Unix(socket), WRITABLE, None).unwrap();
+    let notified = Arc::new(AtomicUsize::new(0));
+    let (wake, woken) = mpsc::channel::<()>();
+    let counter = Arc::clone(&notified);
+    let wake = std::sync::Mutex::new(wake);
+    client.set_completion_notifier(Some(Arc::new(move || {
+        counter.fetch_add(1, Ordering::SeqCst);
+        let _ = wake.lock().unwrap().send(());
+    })));
+    // An event loop: submit 16 writes and a flush, then collect them as notifications come.
+    let mut pending: Vec<_> = (0..16u64)
+        .map(|i| {
+            client
+                .submit_write(i * 65536, &random_bytes(i, 65536), false)
+                .unwrap()
+        })
+        .collect();
+    pending.push(client.submit_flush().unwrap());
+    let mut done = 0;
+    while done < 17 {
+        woken
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("a completion notification");
+        pending.retain(|request| match request.try_wait() {
+            Some(result) => {
+                result.unwrap();
+                done += 1;
+                false
+            }
+            None => true,
+        });
+    }
+    assert_eq!(notified.load(Ordering::SeqCst), 17);
+    let read = client.submit_read(65536, 65536).unwrap();
+    assert!(read.wait().unwrap() == random_bytes(1, 65536));
+}
+
+#[test]
+fn random_garbage_connections_do_not_disturb_the_server() {
+    let directory = tempfile::tempdir().unwrap();
+    let (provider, _stores) = provider_with(directory.path(), &[(WRITABLE, MIB, false)]);
+    let socket = start_unix_server(directory.path(), provider);
+    let client = NbdClient::connect(&NbdEndpoint::Unix(socket.clone()), WRITABLE, None).unwrap();
+    for seed in 0..100u64 {
+        let mut garbage_connection = UnixStream::connect(&socket).unwrap();
+        garbage_connection
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let mut greeting = [0u8; 18];
+        garbage_connection.read_exact(&mut greeting).unwrap();
+        // Valid client flags half of the time, so option parsing sees garbage too.
+        if seed % 2 == 0 {
+            garbage_connection
+                .write_all(&(CLIENT_FLAG_FIXED_NEWSTYLE | CLIENT_FLAG_NO_ZEROES).to_be_bytes())
+                .unwrap();
+            garbage_connection
+                .write_all(&IHAVEOPT.to_be_bytes())
+                .unwrap();
+        }
+        let noise = random_bytes(seed, 1 + (seed as usize * 37) % 300);
+        let _ = garbage_connection.write_all(&noise);
+        let _ = garbage_connection.shutdown(std::net::Shutdown::Write);
+        let mut sink = Vec::new();
+        let _ = garbage_connection.read_to_end(&mut sink);
+        // Between garbage connections the real client still works.
+        client
+            .write_at(seed * 512, &[seed as u8; 512], false)
+            .unwrap();
+    }
+    let mut back = [0u8; 512];
+    client.read_at(99 * 512, &mut back).unwrap();
+    assert_eq!(back, [99u8; 512]);
+}

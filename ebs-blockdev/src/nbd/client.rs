@@ -159,10 +159,28 @@ impl ClientStream for TcpStream {
     }
 }
 
+/// Called by the reply thread after each reply is delivered (and on disconnect): lets an
+/// event loop learn of completions without blocking, e.g. by writing an eventfd.
+pub type CompletionNotifier = Arc<dyn Fn() + Send + Sync>;
+
 struct Shared {
     writer: Mutex<Box<dyn ClientStream>>,
     pending: Mutex<PendingTable>,
     next_handle: AtomicU64,
+    notifier: Mutex<Option<CompletionNotifier>>,
+}
+
+impl Shared {
+    fn notify(&self) {
+        let notifier = self
+            .notifier
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        if let Some(notify) = notifier {
+            notify();
+        }
+    }
 }
 
 impl Shared {
@@ -193,10 +211,22 @@ pub struct PendingRequest {
 }
 
 impl PendingRequest {
+    /// Blocks until the reply arrives.
     pub fn wait(self) -> Result<Vec<u8>, NbdError> {
         self.receiver
             .recv()
             .unwrap_or_else(|_| Err(NbdError::Disconnected("reply channel closed".into())))
+    }
+
+    /// The reply if it has arrived, without blocking; `None` while it is in flight.
+    pub fn try_wait(&self) -> Option<Result<Vec<u8>, NbdError>> {
+        match self.receiver.try_recv() {
+            Ok(result) => Some(result),
+            Err(mpsc::TryRecvError::Empty) => None,
+            Err(mpsc::TryRecvError::Disconnected) => {
+                Some(Err(NbdError::Disconnected("reply channel closed".into())))
+            }
+        }
     }
 }
 
@@ -238,6 +268,7 @@ impl NbdClient {
         let shared = Arc::new(Shared {
             writer: Mutex::new(stream),
             pending: Mutex::new(PendingTable::default()),
+            notifier: Mutex::new(None),
             next_handle: AtomicU64::new(1),
         });
         let reader_shared = Arc::clone(&shared);
@@ -250,6 +281,7 @@ impl NbdClient {
                         Err(error) => error.to_string(),
                     };
                     reader_shared.close(&reason);
+                    reader_shared.notify();
                 })?;
         Ok(NbdClient {
             shared,
@@ -264,6 +296,25 @@ impl NbdClient {
             Some((volume, token)) => Self::connect(endpoint, volume, Some(token)),
             None => Self::connect(endpoint, export_name, None),
         }
+    }
+
+    /// Sets the callback the reply thread runs after each completed request (and once
+    /// when the connection closes). Keep it short and non-blocking: it runs on the
+    /// thread that reads replies.
+    pub fn set_completion_notifier(&self, notifier: Option<CompletionNotifier>) {
+        *self
+            .shared
+            .notifier
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = notifier;
+    }
+
+    /// Starts a FLUSH without waiting for it.
+    pub fn submit_flush(&self) -> Result<PendingRequest, NbdError> {
+        if !self.info.can_flush() {
+            return Err(NbdError::Unsupported("FLUSH"));
+        }
+        self.submit(CMD_FLUSH, 0, 0, 0, &[])
     }
 
     pub fn info(&self) -> ExportInfo {
@@ -551,6 +602,7 @@ fn receive_replies(stream: Box<dyn ClientStream>, shared: &Shared) -> Result<(),
             Ok(data)
         };
         let _ = waiter.reply.send(result);
+        shared.notify();
     }
 }
 
