@@ -455,3 +455,62 @@ fn ebs_direct_apis_write_list_diff_and_read_snapshots() {
     assert!(read(&client, 1000 * BLOCK, BLOCK as usize) == blocks[2].1);
     assert!(read(&client, 5 * BLOCK, 4096).iter().all(|&b| b == 0));
 }
+
+#[test]
+fn a_snapshot_taken_under_writes_is_point_in_time() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    const SLOTS: u64 = 64;
+    let run = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(run.path(), &run.path().join("data"));
+    let (volume_id, client) = volume(&daemon, &[]);
+    let client = Arc::new(client);
+    let stop = Arc::new(AtomicBool::new(false));
+    // One writer sweeps the slots (one per block) in order, round after round, so at any
+    // instant the volume holds round r in slots [0, k) and round r-1 in [k, SLOTS).
+    let writer = {
+        let (client, stop) = (Arc::clone(&client), Arc::clone(&stop));
+        thread::spawn(move || {
+            let mut round = 1u64;
+            while !stop.load(Ordering::Relaxed) {
+                for slot in 0..SLOTS {
+                    client
+                        .write_at(slot * BLOCK, &[round as u8; 4096], false)
+                        .unwrap();
+                }
+                round += 1;
+            }
+            round
+        })
+    };
+    thread::sleep(Duration::from_millis(300));
+    let created = daemon.cli_ok(&["create-snapshot", "--volume-id", &volume_id]);
+    thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let rounds = writer.join().unwrap();
+    assert!(
+        rounds > 3,
+        "the writer made too little progress ({rounds} rounds)"
+    );
+    let snapshot_id = created["SnapshotId"].as_str().unwrap();
+    wait_completed(&daemon, snapshot_id);
+    let (_, restored) = volume(&daemon, &["--snapshot-id", snapshot_id]);
+    let rounds_seen: Vec<u8> = (0..SLOTS)
+        .map(|slot| read(&restored, slot * BLOCK, 4096)[0])
+        .collect();
+    let first = rounds_seen[0];
+    assert!(
+        rounds_seen.windows(2).all(|pair| pair[0] >= pair[1])
+            && first - rounds_seen[SLOTS as usize - 1] <= 1,
+        "not a point-in-time image: {rounds_seen:?}"
+    );
+    assert!(
+        rounds_seen.iter().all(|&round| round > 0),
+        "the snapshot missed writes made before it: {rounds_seen:?}"
+    );
+    let now = read(&client, 0, 4096)[0];
+    assert!(
+        now > first,
+        "writes after the snapshot must not be in it (volume {now}, snapshot {first})"
+    );
+}
