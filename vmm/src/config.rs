@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::arch::smbios::SmbiosConfig;
+pub use devices::rate_limiter::{RateLimiterConfig, TokenBucketConfig};
 
 /// Most vCPUs a guest may have (topology and MADT sized for it).
 pub const MAX_VCPUS: u8 = 32;
@@ -185,6 +186,9 @@ pub struct DriveConfig {
     pub serial: Option<String>,
     #[serde(default = "one_queue")]
     pub num_queues: u16,
+    /// Firecracker-style limiter: bandwidth (bytes) and ops buckets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limiter: Option<RateLimiterConfig>,
 }
 
 fn one_queue() -> u16 {
@@ -273,6 +277,18 @@ impl DriveConfig {
         let mut endpoint = None;
         let mut token = None;
         let mut read_only = false;
+        let mut limiter = RateLimiterConfig::default();
+        // `bw=` bytes/s and `iops=` ops/s: a one-second bucket refilled in a second.
+        let per_second = |v: &str, what: &str| -> Result<Option<TokenBucketConfig>, ConfigError> {
+            let rate: u64 = v
+                .parse()
+                .map_err(|_| ConfigError::new("--drive", format!("{what}={v} is not a number")))?;
+            Ok((rate > 0).then_some(TokenBucketConfig {
+                size: rate,
+                one_time_burst: 0,
+                refill_time: 1000,
+            }))
+        };
         let mut serial = None;
         let mut queues = 1u16;
         for part in spec.split(',') {
@@ -298,6 +314,8 @@ impl DriveConfig {
                     }
                 }
                 "serial" => serial = Some(v.to_string()),
+                "bw" => limiter.bandwidth = per_second(v, "bw")?,
+                "iops" => limiter.ops = per_second(v, "iops")?,
                 "queues" => {
                     queues = v.parse().map_err(|_| {
                         ConfigError::new("--drive", format!("queues={v} is not a number"))
@@ -306,7 +324,7 @@ impl DriveConfig {
                 other => {
                     return Err(ConfigError::new(
                         "--drive",
-                        format!("unknown key {other:?} (known: id, path, vol, endpoint, token, ro, serial, queues)"),
+                        format!("unknown key {other:?} (known: id, path, vol, endpoint, token, ro, serial, queues, bw, iops)"),
                     ))
                 }
             }
@@ -320,6 +338,7 @@ impl DriveConfig {
             is_read_only: read_only,
             serial,
             num_queues: queues,
+            rate_limiter: (limiter != RateLimiterConfig::default()).then_some(limiter),
         })
     }
 }

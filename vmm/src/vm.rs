@@ -393,6 +393,7 @@ impl Vm {
                 read_only: drive.is_read_only,
                 serial: drive.guest_serial(),
                 num_queues: drive.num_queues,
+                rate_limiter: drive.rate_limiter.unwrap_or_default(),
             },
         );
         self.add_virtio_device(Box::new(block))

@@ -8,10 +8,13 @@
 
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use crate::rate_limiter::{RateLimiter, RateLimiterConfig};
 use std::thread::JoinHandle;
 
-use virtio_queue::{Queue, QueueT, Reader, Writer};
+use virtio_queue::{Queue, QueueOwnedT, QueueT, Reader, Writer};
 use vm_memory::{ByteValued, GuestMemoryMmap};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
@@ -78,6 +81,7 @@ pub struct BlockConfig {
     /// Up to 20 bytes; shows as /dev/disk/by-id/virtio-<serial>.
     pub serial: String,
     pub num_queues: u16,
+    pub rate_limiter: RateLimiterConfig,
 }
 
 pub struct Block {
@@ -177,6 +181,9 @@ impl VirtioDevice for Block {
         if queues.is_empty() {
             return Err(ActivateError::Queues("no queue is ready".into()));
         }
+        let limiter = Some(RateLimiter::new(&self.cfg.rate_limiter, Instant::now()))
+            .filter(|l| !l.is_unlimited())
+            .map(|l| Arc::new(Mutex::new(l)));
         for (index, (queue, kick)) in queues.into_iter().zip(kicks).enumerate() {
             let stop = EventFd::new(libc::EFD_NONBLOCK).map_err(ActivateError::Worker)?;
             let worker = Worker {
@@ -190,6 +197,8 @@ impl VirtioDevice for Block {
                 read_only: self.cfg.read_only,
                 serial: self.cfg.serial.clone(),
                 buffer: Vec::new(),
+                limiter: limiter.clone(),
+                blocked_until: None,
             };
             let handle = std::thread::Builder::new()
                 .name(format!("blk-q{index}"))
@@ -216,6 +225,10 @@ struct Worker {
     read_only: bool,
     serial: String,
     buffer: Vec<u8>,
+    /// Shared by the device's queues, like Firecracker's per-drive limiter.
+    limiter: Option<Arc<Mutex<RateLimiter>>>,
+    /// While throttled: when to try the queue again.
+    blocked_until: Option<Instant>,
 }
 
 const TOKEN_KICK: u64 = 1;
@@ -256,7 +269,14 @@ impl Worker {
         // Requests may already be queued before the first kick.
         self.process_queue();
         loop {
-            let n = match epoll.wait(-1, &mut events) {
+            let timeout = match self.blocked_until {
+                Some(t) => t
+                    .saturating_duration_since(Instant::now())
+                    .as_millis()
+                    .clamp(1, i32::MAX as u128) as i32,
+                None => -1,
+            };
+            let n = match epoll.wait(timeout, &mut events) {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {
@@ -269,15 +289,44 @@ impl Worker {
                     TOKEN_STOP => return,
                     TOKEN_KICK => {
                         let _ = self.kick.read();
-                        self.process_queue();
+                        // While throttled, new requests wait for the timer.
+                        if self.blocked_until.is_none() {
+                            self.process_queue();
+                        }
                     }
                     _ => {}
                 }
+            }
+            if self.blocked_until.is_some_and(|t| Instant::now() >= t) {
+                self.process_queue();
+            }
+        }
+    }
+
+    /// Pay for a request before serving it; on refusal the chain goes back
+    /// on the queue and the worker sleeps until the limiter refills.
+    fn admit(&mut self, chain: &virtio_queue::DescriptorChain<&GuestMemoryMmap>) -> bool {
+        let Some(limiter) = &self.limiter else {
+            return true;
+        };
+        let bytes: u64 = chain.clone().map(|d| u64::from(d.len())).sum();
+        let now = Instant::now();
+        match limiter
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .consume(bytes, now)
+        {
+            Ok(()) => true,
+            Err(wait) => {
+                self.queue.go_to_previous_position();
+                self.blocked_until = Some(now + wait);
+                false
             }
         }
     }
 
     fn process_queue(&mut self) {
+        self.blocked_until = None;
         // A cheap handle (the regions are shared), so that descriptor
         // chains do not borrow `self`.
         let mem = self.mem.clone();
@@ -289,6 +338,9 @@ impl Worker {
             }
             let mut served = false;
             while let Some(chain) = self.queue.pop_descriptor_chain(&mem) {
+                if !self.admit(&chain) {
+                    break;
+                }
                 let head = chain.head_index();
                 let written = self.serve(&mem, chain);
                 if let Err(e) = self.queue.add_used(&self.mem, head, written) {
@@ -302,6 +354,10 @@ impl Worker {
                     Ok(false) => {}
                     Err(e) => log::warn!("virtio-blk q{}: {e:?}", self.index),
                 }
+            }
+            if self.blocked_until.is_some() {
+                // The timer brings us back; notifications stay off meanwhile.
+                return;
             }
             match self.queue.enable_notification(&self.mem) {
                 Ok(true) => continue, // more arrived meanwhile
