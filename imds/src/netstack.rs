@@ -189,6 +189,8 @@ impl ImdsResponder {
         )
     }
 
+    /// From prebuilt parts: e.g. a handler whose token key and credential secret the host
+    /// shares across VMMs, so tokens and credentials survive a VMM restart or migration.
     pub fn with_parts(
         instance: InstanceMetadata,
         handler: Handler,
@@ -237,7 +239,8 @@ impl ImdsResponder {
         })
     }
 
-    /// Swaps in a changed instance record; connections and tokens stay valid.
+    /// Swaps in a changed instance record; connections stay open, and tokens stay valid as
+    /// long as the instance id is the same (it is the tokens' associated data).
     pub fn update_instance(
         &mut self,
         record: &InstanceRecord,
