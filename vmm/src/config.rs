@@ -361,6 +361,12 @@ pub struct NetConfig {
     pub gateway: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u16>,
+    /// Limits frames to the guest (Firecracker's shape).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rx_rate_limiter: Option<RateLimiterConfig>,
+    /// Limits frames from the guest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tx_rate_limiter: Option<RateLimiterConfig>,
 }
 
 /// Parse `a.b.c.d/n`.
@@ -489,6 +495,22 @@ impl NetConfig {
         let mut ip = None;
         let mut gw = None;
         let mut mtu = None;
+        let mut rx = None;
+        let mut tx = None;
+        // `rx_bw=`/`tx_bw=` bytes per second: a one-second bucket.
+        let bw = |v: &str, what: &str| -> Result<Option<RateLimiterConfig>, ConfigError> {
+            let rate: u64 = v
+                .parse()
+                .map_err(|_| ConfigError::new("--net", format!("{what}={v} is not a number")))?;
+            Ok((rate > 0).then_some(RateLimiterConfig {
+                bandwidth: Some(TokenBucketConfig {
+                    size: rate,
+                    one_time_burst: 0,
+                    refill_time: 1000,
+                }),
+                ops: None,
+            }))
+        };
         let mut id = format!("eth{index}");
         for part in spec.split(',') {
             let (k, v) = part
@@ -498,6 +520,8 @@ impl NetConfig {
                 "tap" => tap = Some(v.to_string()),
                 "mac" => mac = Some(v.to_string()),
                 "ip" => ip = Some(v.to_string()),
+                "rx_bw" => rx = bw(v, "rx_bw")?,
+                "tx_bw" => tx = bw(v, "tx_bw")?,
                 "gw" => gw = Some(v.to_string()),
                 "mtu" => {
                     mtu = Some(v.parse().map_err(|_| {
@@ -505,12 +529,12 @@ impl NetConfig {
                     })?)
                 }
                 "id" => id = v.to_string(),
-                other => {
-                    return Err(ConfigError::new(
-                        "--net",
-                        format!("unknown key {other:?} (known: tap, mac, id, ip, gw, mtu)"),
-                    ))
-                }
+                other => return Err(ConfigError::new(
+                    "--net",
+                    format!(
+                        "unknown key {other:?} (known: tap, mac, id, ip, gw, mtu, rx_bw, tx_bw)"
+                    ),
+                )),
             }
         }
         Ok(Self {
@@ -520,6 +544,8 @@ impl NetConfig {
             guest_ip: ip,
             gateway: gw,
             mtu,
+            rx_rate_limiter: rx,
+            tx_rate_limiter: tx,
         })
     }
 }
@@ -740,6 +766,8 @@ mod tests {
             guest_ip: None,
             gateway: None,
             mtu: None,
+            rx_rate_limiter: None,
+            tx_rate_limiter: None,
         };
         assert_eq!(bad.validate().unwrap_err().field, "host_dev_name");
         let n = NetConfig::from_cli("tap=tap0,ip=172.31.16.10/20,mtu=9001", 0).unwrap();

@@ -443,7 +443,16 @@ impl Vm {
         } else {
             Some(Box::new(link))
         };
-        let device = Net::new(tap, NetDeviceConfig { mac, mtu: net.mtu }, hook);
+        let device = Net::new(
+            tap,
+            NetDeviceConfig {
+                mac,
+                mtu: net.mtu,
+                rx_rate_limiter: net.rx_rate_limiter.unwrap_or_default(),
+                tx_rate_limiter: net.tx_rate_limiter.unwrap_or_default(),
+            },
+            hook,
+        );
         self.add_virtio_device(Box::new(device))
             .map_err(|e| err(e.to_string()))
     }

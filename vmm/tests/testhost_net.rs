@@ -2,7 +2,8 @@
 //! (virtio_net from its initramfs) gets the configured MAC, pings the
 //! host's end of the tap, downloads a 3 MB file over HTTP (host -> guest,
 //! RX with checksum offload) and uploads 2 MB over TCP (guest -> host, TX
-//! with TSO through the vnet header); both sides compare digests.
+//! with TSO through the vnet header, through a 1 MB/s TX rate limiter);
+//! both sides compare digests.
 
 use std::time::Duration;
 
@@ -32,7 +33,10 @@ echo "PING $(ping -c 3 -W 3 172.16.0.1 | grep -c 'bytes from')"
 echo "DOWN $(wget -q -O - http://172.16.0.1:8000/blob | md5sum | cut -d' ' -f1)"
 dd if=/dev/urandom of=/tmp/u bs=1k count=2000 2>/dev/null
 echo "UPSENT $(md5sum < /tmp/u | cut -d' ' -f1)"
+t0=$(cut -d' ' -f1 /proc/uptime)
 nc 172.16.0.1 9000 < /tmp/u
+t1=$(cut -d' ' -f1 /proc/uptime)
+echo "UPSECS $(awk "BEGIN { print $t1 - $t0 }")"
 "#;
     let cmdline = format!(
         "console=ttyS0 quiet panic=-1 vmm.run={}",
@@ -43,7 +47,7 @@ nc 172.16.0.1 9000 < /tmp/u
          head -c 3000000 /dev/urandom > /tmp/blob; echo BLOB $(md5sum < /tmp/blob | cut -d' ' -f1); \
          (cd /tmp && python3 -m http.server 8000 --bind 172.16.0.1 >/dev/null 2>&1 &); \
          python3 -c {recv} & sleep 1; set +e; \
-         {vmm} --kernel {k} --initrd {i} --mem-mib 256 --net tap=tap0,mac=02:00:ac:10:00:02 --cmdline {c}; \
+         {vmm} --kernel {k} --initrd {i} --mem-mib 256 --net tap=tap0,mac=02:00:ac:10:00:02,tx_bw=1000000 --cmdline {c}; \
          echo VMM-EXIT $?; wait %2 2>/dev/null; sleep 1; echo UPRECV $(md5sum < /tmp/up | cut -d' ' -f1)",
         recv = sh_quote(RECEIVER),
         vmm = sh_quote(VMM),

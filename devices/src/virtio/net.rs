@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use virtio_queue::{Queue, QueueT, Reader, Writer};
+use virtio_queue::{Queue, QueueOwnedT, QueueT, Reader, Writer};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
@@ -24,6 +24,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::{
     ActivateError, InterruptKind, VirtioDevice, VirtioInterrupt, TYPE_NET, VIRTIO_RING_F_EVENT_IDX,
 };
+use crate::rate_limiter::{RateLimiter, RateLimiterConfig};
 pub use tap::{Tap, VNET_HDR_LEN};
 
 const QUEUE_SIZE: u16 = 256;
@@ -56,6 +57,11 @@ pub trait FrameHook: Send {
 pub struct NetConfig {
     pub mac: [u8; 6],
     pub mtu: Option<u16>,
+    /// Frames from the host to the guest.
+    pub rx_rate_limiter: RateLimiterConfig,
+    /// Frames from the guest to the host (frames the VMM answers itself
+    /// are not charged).
+    pub tx_rate_limiter: RateLimiterConfig,
 }
 
 pub struct Net {
@@ -186,6 +192,10 @@ impl VirtioDevice for Net {
             pending: None,
             buf: vec![0u8; MAX_FRAME],
             tap_polled: true,
+            rx_limiter: RateLimiter::new(&self.cfg.rx_rate_limiter, Instant::now()),
+            tx_limiter: RateLimiter::new(&self.cfg.tx_rate_limiter, Instant::now()),
+            rx_blocked_until: None,
+            tx_blocked_until: None,
         };
         let handle = std::thread::Builder::new()
             .name("net".into())
@@ -219,6 +229,11 @@ struct NetWorker {
     pending: Option<Vec<u8>>,
     buf: Vec<u8>,
     tap_polled: bool,
+    rx_limiter: RateLimiter,
+    tx_limiter: RateLimiter,
+    /// While throttled: when to try again.
+    rx_blocked_until: Option<Instant>,
+    tx_blocked_until: Option<Instant>,
 }
 
 /// Complete a partial checksum (NEEDS_CSUM) in software, for frames the
@@ -278,11 +293,16 @@ impl NetWorker {
         self.process_rx(&epoll);
         loop {
             let now = Instant::now();
-            let timeout = self
-                .hook
-                .as_mut()
-                .and_then(|h| h.poll_at(now))
-                .map(|t| t.saturating_duration_since(now).as_millis().min(1000) as i32)
+            let wake = [
+                self.hook.as_mut().and_then(|h| h.poll_at(now)),
+                self.rx_blocked_until,
+                self.tx_blocked_until,
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            let timeout = wake
+                .map(|t| t.saturating_duration_since(now).as_millis().clamp(1, 1000) as i32)
                 .unwrap_or(-1);
             let n = match epoll.wait(timeout, &mut events) {
                 Ok(n) => n,
@@ -297,7 +317,9 @@ impl NetWorker {
                     TOKEN_STOP => return (self.tap, self.hook),
                     TOKEN_TX_KICK => {
                         let _ = self.tx_kick.read();
-                        self.process_tx();
+                        if self.tx_blocked_until.is_none() {
+                            self.process_tx();
+                        }
                     }
                     TOKEN_RX_KICK => {
                         let _ = self.rx_kick.read();
@@ -305,8 +327,13 @@ impl NetWorker {
                     _ => {}
                 }
             }
+            if self.tx_blocked_until.is_some_and(|t| Instant::now() >= t) {
+                self.process_tx();
+            }
             // New receive buffers, tap frames or hook replies: try RX.
-            self.process_rx(&epoll);
+            if self.rx_blocked_until.is_none_or(|t| Instant::now() >= t) {
+                self.process_rx(&epoll);
+            }
         }
     }
 
@@ -319,11 +346,22 @@ impl NetWorker {
     }
 
     fn process_tx(&mut self) {
+        self.tx_blocked_until = None;
         let mem = self.mem.clone();
         loop {
             let _ = self.tx.disable_notification(&mem);
             let mut sent = false;
             while let Some(chain) = self.tx.pop_descriptor_chain(&mem) {
+                if !self.tx_limiter.is_unlimited() {
+                    let bytes: u64 = chain.clone().map(|d| u64::from(d.len())).sum();
+                    let now = Instant::now();
+                    if let Err(wait) = self.tx_limiter.consume(bytes, now) {
+                        // Back on the ring; the timer retries it.
+                        self.tx.go_to_previous_position();
+                        self.tx_blocked_until = Some(now + wait);
+                        break;
+                    }
+                }
                 let head = chain.head_index();
                 match Reader::new(&mem, chain) {
                     Ok(mut reader) => {
@@ -348,6 +386,9 @@ impl NetWorker {
                 );
                 self.notify(&mut q, 1);
                 self.tx = q;
+            }
+            if self.tx_blocked_until.is_some() {
+                return;
             }
             match self.tx.enable_notification(&mem) {
                 Ok(true) => continue,
@@ -414,9 +455,21 @@ impl NetWorker {
     }
 
     fn process_rx(&mut self, epoll: &Epoll) {
+        self.rx_blocked_until = None;
         let mem = self.mem.clone();
         let mut delivered = false;
         while let Some(mut frame) = self.next_frame() {
+            if !self.rx_limiter.is_unlimited() {
+                let now = Instant::now();
+                if let Err(wait) = self.rx_limiter.consume(frame.len() as u64, now) {
+                    // Hold the frame (and stop reading the tap) until the
+                    // limiter refills.
+                    self.pending = Some(frame);
+                    self.set_tap_polling(epoll, false);
+                    self.rx_blocked_until = Some(now + wait);
+                    break;
+                }
+            }
             let Some(chain) = self.rx.pop_descriptor_chain(&mem) else {
                 // No buffer: keep the frame and stop polling the tap until
                 // the guest posts buffers (RX kick).
@@ -451,7 +504,7 @@ impl NetWorker {
             }
             delivered = true;
         }
-        if self.pending.is_none() {
+        if self.pending.is_none() && self.rx_blocked_until.is_none() {
             self.set_tap_polling(epoll, true);
         }
         if delivered {
