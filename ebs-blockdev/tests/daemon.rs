@@ -52,6 +52,21 @@ fn volume_lifecycle_through_cli_and_nbd() {
     );
     let described = daemon.cli_ok(&["describe-volumes", "--volume-ids", &volume_id]);
     assert_eq!(described["Volumes"][0]["State"], "in-use");
+    let in_use = daemon.cli_ok(&[
+        "describe-volumes",
+        "--filters",
+        "Name=status,Values=in-use",
+        "Name=volume-type,Values=gp*",
+    ]);
+    assert_eq!(in_use["Volumes"].as_array().unwrap().len(), 1);
+    let available = daemon.cli_ok(&[
+        "describe-volumes",
+        "--filters",
+        "Name=status,Values=available",
+    ]);
+    assert!(available["Volumes"].as_array().unwrap().is_empty());
+    let (ok, _, stderr) = daemon.cli(&["describe-volumes", "--filters", "Name=colour,Values=red"]);
+    assert!(!ok && stderr.contains("'colour' is invalid"), "{stderr}");
     assert_eq!(
         described["Volumes"][0]["Attachments"][0]["InstanceId"],
         INSTANCE

@@ -109,6 +109,20 @@ fn incremental_chain_restore_and_delete_keeping_shared_blocks() {
         .unwrap();
     client.flush().unwrap();
     let second = snapshot(&daemon, &volume_id);
+    let by_volume = daemon.cli_ok(&[
+        "describe-snapshots",
+        "--filters",
+        &format!("Name=volume-id,Values={volume_id}"),
+        "Name=status,Values=completed",
+    ]);
+    let ids: Vec<&str> = by_volume["Snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["SnapshotId"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 2);
+    assert!(ids.contains(&first.as_str()) && ids.contains(&second.as_str()));
     assert_eq!(
         block_objects(&data_dir),
         7,

@@ -67,6 +67,9 @@ enum Command {
     DescribeVolumes {
         #[arg(long, num_args = 1..)]
         volume_ids: Vec<String>,
+        /// `Name=status,Values=available,in-use` (repeatable), as in `aws ec2`.
+        #[arg(long, num_args = 1..)]
+        filters: Vec<String>,
     },
     ModifyVolume {
         #[arg(long)]
@@ -113,6 +116,9 @@ enum Command {
     DescribeSnapshots {
         #[arg(long, num_args = 1..)]
         snapshot_ids: Vec<String>,
+        /// `Name=volume-id,Values=vol-...` (repeatable), as in `aws ec2`.
+        #[arg(long, num_args = 1..)]
+        filters: Vec<String>,
     },
     CopySnapshot {
         #[arg(long)]
@@ -159,7 +165,23 @@ fn put<T: Into<Value>>(object: &mut Map<String, Value>, key: &str, value: Option
     }
 }
 
-fn api_request(command: &Command) -> Option<(&'static str, Value)> {
+/// Parses `aws ec2` shorthand filters: `Name=status,Values=available,in-use`.
+fn parse_filters(filters: &[String]) -> Result<Value> {
+    let mut parsed = Vec::new();
+    for filter in filters {
+        let rest = filter.strip_prefix("Name=").with_context(|| {
+            format!("filter {filter:?} must look like Name=status,Values=available")
+        })?;
+        let (name, values) = rest
+            .split_once(",Values=")
+            .with_context(|| format!("filter {filter:?} has no ,Values="))?;
+        let values: Vec<&str> = values.split(',').collect();
+        parsed.push(json!({"Name": name, "Values": values}));
+    }
+    Ok(Value::Array(parsed))
+}
+
+fn api_request(command: &Command) -> Result<Option<(&'static str, Value)>> {
     let mut body = Map::new();
     let action = match command {
         Command::CreateVolume {
@@ -196,8 +218,12 @@ fn api_request(command: &Command) -> Option<(&'static str, Value)> {
             put(&mut body, "VolumeId", Some(volume_id.clone()));
             "DeleteVolume"
         }
-        Command::DescribeVolumes { volume_ids } => {
+        Command::DescribeVolumes {
+            volume_ids,
+            filters,
+        } => {
             body.insert("VolumeIds".into(), json!(volume_ids));
+            body.insert("Filters".into(), parse_filters(filters)?);
             "DescribeVolumes"
         }
         Command::ModifyVolume {
@@ -254,8 +280,12 @@ fn api_request(command: &Command) -> Option<(&'static str, Value)> {
             put(&mut body, "SnapshotId", Some(snapshot_id.clone()));
             "DeleteSnapshot"
         }
-        Command::DescribeSnapshots { snapshot_ids } => {
+        Command::DescribeSnapshots {
+            snapshot_ids,
+            filters,
+        } => {
             body.insert("SnapshotIds".into(), json!(snapshot_ids));
+            body.insert("Filters".into(), parse_filters(filters)?);
             "DescribeSnapshots"
         }
         Command::CopySnapshot {
@@ -282,9 +312,9 @@ fn api_request(command: &Command) -> Option<(&'static str, Value)> {
             body.insert("AvailabilityZones".into(), json!(availability_zones));
             "EnableFastSnapshotRestores"
         }
-        Command::CopyImageToVolume(_) | Command::CopyVolumeToImage(_) => return None,
+        Command::CopyImageToVolume(_) | Command::CopyVolumeToImage(_) => return Ok(None),
     };
-    Some((action, Value::Object(body)))
+    Ok(Some((action, Value::Object(body))))
 }
 
 /// Chunk size and queue depth for copies: 1 MiB requests, 8 in flight.
@@ -428,7 +458,7 @@ fn main() -> Result<()> {
                 ),
                 None => ApiTarget::Unix(cli.api_sock.clone()),
             };
-            let Some((action, body)) = api_request(command) else {
+            let Some((action, body)) = api_request(command)? else {
                 unreachable!("copy verbs handled above")
             };
             ApiClient::new(target).call(action, &body)?

@@ -4,6 +4,7 @@
 //! This layer is storage-free: [`volume::VolumeTable`] decides what a request does to the
 //! records; `crate::service` carries the decision out on the storage engine and persists it.
 
+pub mod filters;
 pub mod ids;
 pub mod snapshot;
 pub mod volume;

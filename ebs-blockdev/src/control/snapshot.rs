@@ -61,6 +61,11 @@ pub struct DeleteSnapshotRequest {
 pub struct DescribeSnapshotsRequest {
     #[serde(default)]
     pub snapshot_ids: Vec<String>,
+    #[serde(default)]
+    pub filters: Vec<super::filters::Filter>,
+    /// Accepted for `aws ec2` compatibility ("self" and the local account match all).
+    #[serde(default)]
+    pub owner_ids: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -175,14 +180,24 @@ impl SnapshotTable {
         &self,
         request: &DescribeSnapshotsRequest,
     ) -> Result<Vec<Snapshot>, ControlError> {
-        if request.snapshot_ids.is_empty() {
-            return Ok(self.records.values().cloned().collect());
+        let snapshots = if request.snapshot_ids.is_empty() {
+            self.records.values().cloned().collect()
+        } else {
+            request
+                .snapshot_ids
+                .iter()
+                .map(|id| self.get(id).cloned())
+                .collect::<Result<Vec<_>, _>>()?
+        };
+        let owned = request.owner_ids.is_empty()
+            || request
+                .owner_ids
+                .iter()
+                .any(|owner| owner == "self" || owner == LOCAL_OWNER_ID);
+        if !owned {
+            return Ok(Vec::new());
         }
-        request
-            .snapshot_ids
-            .iter()
-            .map(|id| self.get(id).cloned())
-            .collect()
+        super::filters::filter_snapshots(snapshots, &request.filters)
     }
 }
 

@@ -154,6 +154,8 @@ pub struct DetachVolumeRequest {
 pub struct DescribeVolumesRequest {
     #[serde(default)]
     pub volume_ids: Vec<String>,
+    #[serde(default)]
+    pub filters: Vec<super::filters::Filter>,
 }
 
 /// What an attachment may do through the NBD export.
@@ -377,14 +379,16 @@ impl VolumeTable {
     }
 
     pub fn describe(&self, request: &DescribeVolumesRequest) -> Result<Vec<Volume>, ControlError> {
-        if request.volume_ids.is_empty() {
-            return Ok(self.all().cloned().collect());
-        }
-        request
-            .volume_ids
-            .iter()
-            .map(|volume_id| self.get(volume_id).cloned())
-            .collect()
+        let volumes = if request.volume_ids.is_empty() {
+            self.all().cloned().collect()
+        } else {
+            request
+                .volume_ids
+                .iter()
+                .map(|volume_id| self.get(volume_id).cloned())
+                .collect::<Result<Vec<_>, _>>()?
+        };
+        super::filters::filter_volumes(volumes, &request.filters)
     }
 
     /// Applies a ModifyVolume request; size only grows, the new combination is validated

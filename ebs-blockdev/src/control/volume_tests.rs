@@ -261,15 +261,70 @@ fn describe_unknown_and_malformed_ids() {
     let found = table
         .describe(&DescribeVolumesRequest {
             volume_ids: vec![volume.volume_id.clone()],
+            ..Default::default()
         })
         .unwrap();
     assert_eq!(found.len(), 1);
     let missing = table.describe(&DescribeVolumesRequest {
         volume_ids: vec!["vol-0123456789abcdef0".into()],
+        ..Default::default()
     });
     assert_eq!(missing.unwrap_err().code(), "InvalidVolume.NotFound");
     let malformed = table.describe(&DescribeVolumesRequest {
         volume_ids: vec!["volume-1".into()],
+        ..Default::default()
     });
     assert_eq!(malformed.unwrap_err().code(), "InvalidVolumeID.Malformed");
+}
+
+#[test]
+fn describe_filters_by_ec2_names_and_wildcards() {
+    use crate::control::filters::Filter;
+    let mut table = VolumeTable::default();
+    let gp3 = create(&mut table, "gp3", 10, None, false).unwrap();
+    let io2 = create(&mut table, "io2", 10, Some(1000), false).unwrap();
+    table
+        .attach(&attach_request(&io2.volume_id, 7, "local-1a"))
+        .unwrap();
+    let filtered = |filters: Vec<Filter>| -> Result<Vec<String>, ControlError> {
+        let request = DescribeVolumesRequest {
+            volume_ids: vec![],
+            filters,
+        };
+        Ok(table
+            .describe(&request)?
+            .into_iter()
+            .map(|volume| volume.volume_id)
+            .collect())
+    };
+    let filter = |name: &str, values: &[&str]| Filter {
+        name: name.into(),
+        values: values.iter().map(|v| v.to_string()).collect(),
+    };
+    assert_eq!(
+        filtered(vec![filter("status", &["available"])]).unwrap(),
+        vec![gp3.volume_id.clone()]
+    );
+    assert_eq!(
+        filtered(vec![filter("volume-type", &["io?"])]).unwrap(),
+        vec![io2.volume_id.clone()]
+    );
+    assert_eq!(
+        filtered(vec![filter("attachment.instance-id", &["i-*7"])]).unwrap(),
+        vec![io2.volume_id.clone()]
+    );
+    assert_eq!(
+        filtered(vec![
+            filter("status", &["in-use"]),
+            filter("volume-type", &["gp3"])
+        ])
+        .unwrap(),
+        Vec::<String>::new()
+    );
+    assert_eq!(filtered(vec![filter("size", &["10"])]).unwrap().len(), 2);
+    let invalid = filtered(vec![filter("colour", &["red"])]).unwrap_err();
+    assert!(
+        invalid.to_string().contains("'colour' is invalid"),
+        "{invalid}"
+    );
 }
