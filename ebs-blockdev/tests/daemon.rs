@@ -221,6 +221,15 @@ fn invalid_api_input_gets_clear_errors_and_the_daemon_keeps_serving() {
     );
     let (status, _) = api.request("GET", "/healthz", b"").unwrap();
     assert_eq!(status, 200);
+    // ClientToken: the same call twice is one volume; other parameters are refused.
+    let first = daemon.cli_ok(&["create-volume", "--size", "3", "--client-token", "once"]);
+    let again = daemon.cli_ok(&["create-volume", "--size", "3", "--client-token", "once"]);
+    assert_eq!(first["VolumeId"], again["VolumeId"]);
+    let (ok, _, stderr) = daemon.cli(&["create-volume", "--size", "4", "--client-token", "once"]);
+    assert!(
+        !ok && stderr.contains("IdempotentParameterMismatch"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -59,6 +59,9 @@ enum Command {
         kms_key_id: Option<String>,
         #[arg(long)]
         multi_attach_enabled: bool,
+        /// Idempotency token: repeating the call with it returns the same volume.
+        #[arg(long)]
+        client_token: Option<String>,
     },
     DeleteVolume {
         #[arg(long)]
@@ -194,6 +197,7 @@ fn api_request(command: &Command) -> Result<Option<(&'static str, Value)>> {
             encrypted,
             kms_key_id,
             multi_attach_enabled,
+            client_token,
         } => {
             put(&mut body, "Size", *size);
             put(&mut body, "VolumeType", volume_type.clone());
@@ -212,6 +216,7 @@ fn api_request(command: &Command) -> Result<Option<(&'static str, Value)>> {
                 "MultiAttachEnabled",
                 multi_attach_enabled.then_some(true),
             );
+            put(&mut body, "ClientToken", client_token.clone());
             "CreateVolume"
         }
         Command::DeleteVolume { volume_id } => {

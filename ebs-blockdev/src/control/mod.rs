@@ -45,6 +45,8 @@ pub enum ControlError {
     SnapshotNotFound(String),
     #[error("{0}")]
     Unsupported(String),
+    #[error("{0}")]
+    IdempotentParameterMismatch(String),
     /// EBS direct APIs: a request that fails validation.
     #[error("{0}")]
     Validation(String),
@@ -71,6 +73,7 @@ impl ControlError {
             ControlError::AttachmentNotFound(_) => "InvalidAttachment.NotFound",
             ControlError::SnapshotNotFound(_) => "InvalidSnapshot.NotFound",
             ControlError::Unsupported(_) => "UnsupportedOperation",
+            ControlError::IdempotentParameterMismatch(_) => "IdempotentParameterMismatch",
             ControlError::Validation(_) => "ValidationException",
             ControlError::ResourceNotFound(_) => "ResourceNotFoundException",
             ControlError::Internal(_) => "InternalError",

@@ -188,6 +188,9 @@ struct VolumeRecord {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct VolumeTable {
     records: BTreeMap<String, VolumeRecord>,
+    /// CreateVolume ClientToken -> (volume id, the request's other fields as JSON).
+    #[serde(default)]
+    client_tokens: BTreeMap<String, (String, String)>,
 }
 
 /// Separator between the volume id and the attachment token in NBD export names.
@@ -255,6 +258,35 @@ impl VolumeTable {
         self.records.values().map(|record| &record.volume)
     }
 
+    /// The volume an earlier CreateVolume with this request's ClientToken made (EC2's
+    /// idempotency); the same token with other parameters is an error.
+    pub fn find_by_client_token(
+        &self,
+        request: &CreateVolumeRequest,
+    ) -> Result<Option<Volume>, ControlError> {
+        let Some(token) = &request.client_token else {
+            return Ok(None);
+        };
+        let Some((volume_id, fingerprint)) = self.client_tokens.get(token) else {
+            return Ok(None);
+        };
+        if *fingerprint != Self::fingerprint(request) {
+            return Err(ControlError::IdempotentParameterMismatch(format!(
+                "ClientToken {token} was already used with different parameters"
+            )));
+        }
+        Ok(self
+            .records
+            .get(volume_id)
+            .map(|record| record.volume.clone()))
+    }
+
+    fn fingerprint(request: &CreateVolumeRequest) -> String {
+        let mut without_token = request.clone();
+        without_token.client_token = None;
+        serde_json::to_string(&without_token).unwrap_or_default()
+    }
+
     /// Validates a CreateVolume request and records the volume in state `creating`.
     /// `snapshot_size_gib` is the source snapshot's size when `SnapshotId` is given.
     pub fn create(
@@ -315,6 +347,17 @@ impl VolumeTable {
             multi_attach_enabled: multi_attach,
             attachments: Vec::new(),
         };
+        if let Some(token) = &request.client_token {
+            if token.is_empty() || token.len() > 64 {
+                return Err(ControlError::InvalidParameterValue(
+                    "ClientToken must be 1 to 64 characters".into(),
+                ));
+            }
+            self.client_tokens.insert(
+                token.clone(),
+                (volume.volume_id.clone(), Self::fingerprint(request)),
+            );
+        }
         self.records.insert(
             volume.volume_id.clone(),
             VolumeRecord {

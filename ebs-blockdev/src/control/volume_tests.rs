@@ -328,3 +328,30 @@ fn describe_filters_by_ec2_names_and_wildcards() {
         "{invalid}"
     );
 }
+
+#[test]
+fn client_token_makes_create_idempotent() {
+    let mut table = VolumeTable::default();
+    let request = CreateVolumeRequest {
+        availability_zone: Some("local-1a".into()),
+        size: Some(5),
+        client_token: Some("token-1".into()),
+        ..Default::default()
+    };
+    assert!(table.find_by_client_token(&request).unwrap().is_none());
+    let volume = table.create(&request, None).unwrap();
+    assert_eq!(
+        table
+            .find_by_client_token(&request)
+            .unwrap()
+            .unwrap()
+            .volume_id,
+        volume.volume_id
+    );
+    let mut different = request.clone();
+    different.size = Some(6);
+    assert_eq!(
+        table.find_by_client_token(&different).unwrap_err().code(),
+        "IdempotentParameterMismatch"
+    );
+}

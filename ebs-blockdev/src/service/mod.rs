@@ -389,6 +389,9 @@ impl Service {
 
     pub fn create_volume(&self, request: &CreateVolumeRequest) -> Result<Volume, ControlError> {
         let mut state = self.lock();
+        if let Some(existing) = state.table.find_by_client_token(request)? {
+            return Ok(existing);
+        }
         let snapshot = match &request.snapshot_id {
             Some(snapshot_id) => Some(state.snapshots.completed(snapshot_id)?.clone()),
             None => None,
