@@ -529,12 +529,14 @@ impl NetConfig {
                     })?)
                 }
                 "id" => id = v.to_string(),
-                other => return Err(ConfigError::new(
-                    "--net",
-                    format!(
+                other => {
+                    return Err(ConfigError::new(
+                        "--net",
+                        format!(
                         "unknown key {other:?} (known: tap, mac, id, ip, gw, mtu, rx_bw, tx_bw)"
                     ),
-                )),
+                    ))
+                }
             }
         }
         Ok(Self {
@@ -610,6 +612,42 @@ pub struct VmConfig {
     /// format), served on the first network interface at 169.254.169.254.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub imds: Option<serde_json::Value>,
+    /// PCI functions passed through with VFIO ("enhanced networking").
+    #[serde(
+        rename = "vfio-devices",
+        default,
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub vfs: Vec<VfConfig>,
+}
+
+/// A PCI function (an SR-IOV VF) bound to vfio-pci.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VfConfig {
+    /// `dddd:bb:ss.f`
+    pub bdf: String,
+}
+
+impl VfConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let b = self.bdf.as_bytes();
+        let ok = b.len() == 12
+            && b[4] == b':'
+            && b[7] == b':'
+            && b[10] == b'.'
+            && b.iter()
+                .enumerate()
+                .all(|(i, c)| matches!(i, 4 | 7 | 10) || c.is_ascii_hexdigit());
+        if ok {
+            Ok(())
+        } else {
+            Err(ConfigError::new(
+                "bdf",
+                format!("{:?} is not a PCI address (dddd:bb:ss.f)", self.bdf),
+            ))
+        }
+    }
 }
 
 /// Check an instance record for the metadata service.
@@ -646,6 +684,11 @@ impl VmConfig {
                     "the metadata service needs a network interface to answer on (--net)",
                 ));
             }
+        }
+        for (i, vf) in self.vfs.iter().enumerate() {
+            vf.validate().map_err(|e| {
+                ConfigError::new(format!("vfio-devices[{i}].{}", e.field), e.reason)
+            })?;
         }
         let mut ifaces = std::collections::HashSet::new();
         for (i, n) in self.net.iter().enumerate() {

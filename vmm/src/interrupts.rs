@@ -146,6 +146,13 @@ impl KvmMsiGroup {
     }
 }
 
+impl KvmMsiGroup {
+    /// The vectors' irqfds, for a device that signals them directly (VFIO).
+    pub fn eventfds(&self) -> io::Result<Vec<EventFd>> {
+        self.irqfds.iter().map(|e| e.try_clone()).collect()
+    }
+}
+
 impl MsiInterrupts for KvmMsiGroup {
     fn update(&self, vector: u16, msg: Option<MsiMessage>) -> io::Result<()> {
         match self.gsis.get(usize::from(vector)) {

@@ -10,6 +10,7 @@ pub mod dhcp;
 pub mod ebs_backend;
 pub mod guest_link;
 pub mod interrupts;
+pub mod passthrough;
 pub mod runtime;
 pub mod vcpu;
 pub mod vm;

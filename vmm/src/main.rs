@@ -60,6 +60,10 @@ struct Cli {
     /// at 169.254.169.254 on the first --net interface.
     #[arg(long, requires = "kernel")]
     imds: Option<PathBuf>,
+    /// Pass through a PCI function bound to vfio-pci (an SR-IOV VF):
+    /// its address dddd:bb:ss.f (repeatable).
+    #[arg(long = "vf", requires = "kernel")]
+    vfs: Vec<String>,
     /// Whole VM configuration as JSON (Firecracker-style).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -125,6 +129,11 @@ fn config_from_flags(cli: &Cli) -> anyhow::Result<Option<VmConfig>> {
             }
             None => None,
         },
+        vfs: cli
+            .vfs
+            .iter()
+            .map(|bdf| vmm::config::VfConfig { bdf: bdf.clone() })
+            .collect(),
     }))
 }
 

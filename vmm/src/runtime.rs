@@ -121,6 +121,7 @@ struct Controller {
     drives: Vec<DriveConfig>,
     net: Vec<NetConfig>,
     imds: Option<serde_json::Value>,
+    vfs: Vec<crate::config::VfConfig>,
     vm: Option<Vm>,
     start: Instant,
 }
@@ -140,6 +141,7 @@ impl Controller {
             drives: self.drives.clone(),
             net: self.net.clone(),
             imds: self.imds.clone(),
+            vfs: self.vfs.clone(),
         };
         cfg.validate()?;
         Ok(cfg)
@@ -323,6 +325,7 @@ pub fn run(opts: RunOptions) -> Result<ExitReason, RuntimeError> {
         drives: Vec::new(),
         net: Vec::new(),
         imds: None,
+        vfs: Vec::new(),
         vm: None,
         start: opts.start,
     };
@@ -333,6 +336,7 @@ pub fn run(opts: RunOptions) -> Result<ExitReason, RuntimeError> {
         ctl.drives = cfg.drives.clone();
         ctl.net = cfg.net.clone();
         ctl.imds = cfg.imds.clone();
+        ctl.vfs = cfg.vfs.clone();
     }
 
     let (api_tx, api_rx) = mpsc::channel::<ApiMessage>();

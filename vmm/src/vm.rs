@@ -72,6 +72,8 @@ pub enum VmError {
     Drive { id: String, detail: String },
     #[error("network interface {id}: {detail}")]
     Net { id: String, detail: String },
+    #[error("VFIO passthrough: {0}")]
+    Vfio(String),
     #[error("PCI: {0}")]
     Pci(#[from] devices::pci::PciRootError),
     #[error("the vCPUs are already running")]
@@ -92,6 +94,8 @@ pub struct Vm {
     pci: Arc<Mutex<PciRoot>>,
     pci_resources: PciResources,
     mmio_allocator: AddressAllocator,
+    /// VFIO container and DMA mapping, created with the first VF.
+    passthrough: Option<crate::passthrough::Passthrough>,
     mem: GuestMemoryMmap,
     vcpu_fds: Vec<kvm_ioctls::VcpuFd>,
     vcpus: Vec<VcpuHandle>,
@@ -158,6 +162,9 @@ impl Vm {
         let mut vm = Vm::new(&cfg.machine_config, serial_out, start)?;
         for drive in &cfg.drives {
             vm.add_drive(drive)?;
+        }
+        for vf in &cfg.vfs {
+            vm.add_vfio(&vf.bdf)?;
         }
         for (i, net) in cfg.net.iter().enumerate() {
             // The metadata service answers on the primary interface.
@@ -323,6 +330,7 @@ impl Vm {
             pci,
             pci_resources,
             mmio_allocator,
+            passthrough: None,
             mem,
             vcpu_fds,
             vcpus: Vec::new(),
@@ -455,6 +463,80 @@ impl Vm {
         );
         self.add_virtio_device(Box::new(device))
             .map_err(|e| err(e.to_string()))
+    }
+
+    /// Pass the PCI function `bdf` (bound to vfio-pci) through to the guest.
+    pub fn add_vfio(&mut self, bdf: &str) -> Result<(), VmError> {
+        use crate::passthrough::{check_device, explain, Passthrough};
+        use devices::vfio::{msix_vector_count, probe_bar, VfioPciDevice};
+        let err = |e: crate::passthrough::PassthroughError| VmError::Vfio(e.to_string());
+        let sysfs = check_device(bdf).map_err(err)?;
+        if self.passthrough.is_none() {
+            self.passthrough = Some(Passthrough::new(&self.vm_fd).map_err(err)?);
+        }
+        let container = match &self.passthrough {
+            Some(p) => Arc::clone(&p.container),
+            None => return Err(VmError::Vfio("no VFIO container".into())),
+        };
+        let device = Arc::new(
+            vfio_ioctls::VfioDevice::new(&sysfs, container as Arc<dyn vfio_ioctls::VfioOps>, false)
+                .map_err(|e| err(explain(bdf, e)))?,
+        );
+        if let Some(p) = self.passthrough.as_mut().filter(|p| !p.is_mapped()) {
+            p.map_memory(&self.mem).map_err(err)?;
+        }
+        let mut bars = Vec::new();
+        let mut index = 0;
+        while index < 6 {
+            let Some((kind, size, prefetchable)) = probe_bar(&device, index) else {
+                index += 1;
+                continue;
+            };
+            if kind == devices::pci::BarKind::Io {
+                log::warn!("vfio {bdf}: I/O BAR {index} not supported, left unmapped");
+                index += 1;
+                continue;
+            }
+            let range = self
+                .mmio_allocator
+                .allocate(size, size, AllocPolicy::FirstMatch)
+                .map_err(|e| {
+                    VmError::Allocator(format!("BAR {index} of {bdf} ({size:#x} bytes): {e}"))
+                })?;
+            bars.push(devices::pci::Bar {
+                index,
+                kind,
+                size,
+                addr: range.start(),
+                prefetchable,
+            });
+            index += if kind == devices::pci::BarKind::Mem64 {
+                2
+            } else {
+                1
+            };
+        }
+        let vectors = msix_vector_count(&device).max(1);
+        let msi = KvmMsiGroup::new(Arc::clone(&self.router), &self.vm_fd, vectors)
+            .map_err(VmError::Interrupts)?;
+        let fds = msi.eventfds().map_err(VmError::Interrupts)?;
+        let dev = VfioPciDevice::new(device, bars.clone(), Arc::new(msi), fds, bdf.to_string())
+            .map_err(|e| VmError::Vfio(e.to_string()))?;
+        let slot = self
+            .pci
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .free_slot()
+            .ok_or(devices::pci::PciRootError::Full)?;
+        self.pci
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .add_device(slot, Arc::new(Mutex::new(dev)))?;
+        log::info!(
+            "PCI 00:{slot:02x}.0: VFIO {bdf}, {} BAR(s), {vectors} MSI-X vector(s)",
+            bars.len()
+        );
+        Ok(())
     }
 
     /// Put a virtio device on the PCI bus: BAR from the MMIO hole, MSI-X

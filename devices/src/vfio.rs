@@ -1,0 +1,385 @@
+//! A PCI function passed through with VFIO (an SR-IOV VF for "enhanced
+//! networking").
+//!
+//! The device's own registers are reached through the VFIO device fd;
+//! what the guest must not touch directly is virtualised here:
+//! - BARs: the guest sees addresses in its MMIO hole (allocated by the
+//!   VMM) and the sizing protocol; accesses are forwarded to the VFIO
+//!   region at the same offset.
+//! - MSI-X: the capability's control word, the vector table and the PBA
+//!   are emulated ([`MsixConfig`]); when the guest enables MSI-X, VFIO is
+//!   told to signal one eventfd per vector, the same eventfds that are the
+//!   KVM irqfds of the vectors' GSIs, so device interrupts reach the guest
+//!   without passing through the VMM.
+//! - Extended capabilities (SR-IOV, ARI, resizable BAR...) are hidden.
+//!
+//! Limits of this first version: every BAR access is trapped (no direct
+//! KVM mapping yet), interrupts of a masked vector are dropped rather than
+//! held pending, and INTx is not wired.
+
+use std::sync::{Arc, Mutex};
+
+use vfio_ioctls::VfioDevice;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::pci::config::{Bar, BarKind, BarMove, NUM_BARS};
+use crate::pci::msix::MSIX_CAP_ID;
+use crate::pci::{MsiInterrupts, MsixConfig, PciDevice};
+
+const CONFIG_REGION: u32 = 7;
+const BAR0_REG: usize = 0x10;
+const ROM_BAR_REG: usize = 0x30;
+const CAP_PTR_REG: usize = 0x34;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VfioPciError {
+    #[error("BAR {index}: {detail}")]
+    Bar { index: usize, detail: String },
+    #[error("MSI-X: {0}")]
+    Msix(String),
+}
+
+/// Where the MSI-X structures live in the device's BARs.
+#[derive(Clone, Copy, Debug)]
+struct MsixLayout {
+    cap: usize,
+    table_bar: usize,
+    table_offset: u64,
+    table_size: u64,
+    pba_bar: usize,
+    pba_offset: u64,
+    pba_size: u64,
+}
+
+/// A BAR as the VMM placed it, with the guest's programming state.
+#[derive(Clone, Copy, Debug)]
+struct VirtualBar {
+    bar: Bar,
+    /// Register values the guest reads (sizing writes land here).
+    regs: [u32; 2],
+}
+
+pub struct VfioPciDevice {
+    device: Arc<VfioDevice>,
+    bars: [Option<VirtualBar>; NUM_BARS],
+    msix: Option<(MsixLayout, Arc<Mutex<MsixConfig>>)>,
+    msix_control: u16,
+    vector_fds: Vec<EventFd>,
+    name: String,
+}
+
+/// Probe a BAR's kind and size the way firmware does, through VFIO.
+pub fn probe_bar(device: &VfioDevice, index: usize) -> Option<(BarKind, u64, bool)> {
+    let size = device.get_region_size(index as u32);
+    if size == 0 {
+        return None;
+    }
+    let mut raw = [0u8; 4];
+    device.region_read(CONFIG_REGION, &mut raw, (BAR0_REG + 4 * index) as u64);
+    let v = u32::from_le_bytes(raw);
+    let kind = if v & 1 == 1 {
+        BarKind::Io
+    } else if (v >> 1) & 3 == 2 {
+        BarKind::Mem64
+    } else {
+        BarKind::Mem32
+    };
+    Some((kind, size.next_power_of_two().max(16), v & 0x8 != 0))
+}
+
+fn read_config_u32(device: &VfioDevice, at: usize) -> u32 {
+    let mut b = [0u8; 4];
+    device.region_read(CONFIG_REGION, &mut b, at as u64);
+    u32::from_le_bytes(b)
+}
+
+fn find_capability(device: &VfioDevice, id: u8) -> Option<usize> {
+    let mut at = (read_config_u32(device, CAP_PTR_REG) & 0xfc) as usize;
+    // Bounded walk: a broken list must not loop forever.
+    for _ in 0..48 {
+        if !(0x40..=0xfc).contains(&at) {
+            return None;
+        }
+        let header = read_config_u32(device, at);
+        if header as u8 == id {
+            return Some(at);
+        }
+        at = ((header >> 8) & 0xfc) as usize;
+    }
+    None
+}
+
+/// Number of MSI-X vectors the function has (0 without MSI-X).
+pub fn msix_vector_count(device: &VfioDevice) -> u16 {
+    find_capability(device, MSIX_CAP_ID)
+        .map(|cap| ((read_config_u32(device, cap) >> 16) & 0x7ff) as u16 + 1)
+        .unwrap_or(0)
+}
+
+impl VfioPciDevice {
+    /// `bars` are the addresses the VMM allocated, per BAR index (from
+    /// [`probe_bar`]); `msi` delivers the MSI-X vectors, and
+    /// `vector_fds[v]` must be the irqfd of vector `v`.
+    pub fn new(
+        device: Arc<VfioDevice>,
+        bars: Vec<Bar>,
+        msi: Arc<dyn MsiInterrupts>,
+        vector_fds: Vec<EventFd>,
+        name: String,
+    ) -> Result<Self, VfioPciError> {
+        let mut table: [Option<VirtualBar>; NUM_BARS] = [None; NUM_BARS];
+        for b in bars {
+            let flags: u32 = match b.kind {
+                BarKind::Io => 1,
+                BarKind::Mem32 => u32::from(b.prefetchable) << 3,
+                BarKind::Mem64 => 0x4 | (u32::from(b.prefetchable) << 3),
+            };
+            let regs = [(b.addr as u32 & !0xf) | flags, (b.addr >> 32) as u32];
+            *table.get_mut(b.index).ok_or(VfioPciError::Bar {
+                index: b.index,
+                detail: "out of range".into(),
+            })? = Some(VirtualBar { bar: b, regs });
+        }
+        let msix = match find_capability(&device, MSIX_CAP_ID) {
+            Some(cap) => {
+                let ctrl = read_config_u32(&device, cap) >> 16;
+                let vectors = (ctrl & 0x7ff) as u16 + 1;
+                let table_reg = read_config_u32(&device, cap + 4);
+                let pba_reg = read_config_u32(&device, cap + 8);
+                let layout = MsixLayout {
+                    cap,
+                    table_bar: (table_reg & 7) as usize,
+                    table_offset: u64::from(table_reg & !7),
+                    table_size: u64::from(vectors) * 16,
+                    pba_bar: (pba_reg & 7) as usize,
+                    pba_offset: u64::from(pba_reg & !7),
+                    pba_size: u64::from(vectors).div_ceil(64) * 8,
+                };
+                if vector_fds.len() < usize::from(vectors) {
+                    return Err(VfioPciError::Msix(format!(
+                        "{vectors} vectors but {} eventfds",
+                        vector_fds.len()
+                    )));
+                }
+                Some((layout, Arc::new(Mutex::new(MsixConfig::new(vectors, msi)))))
+            }
+            None => None,
+        };
+        // Start from a clean device state.
+        device.reset();
+        Ok(Self {
+            device,
+            bars: table,
+            msix,
+            msix_control: 0,
+            vector_fds,
+            name,
+        })
+    }
+
+    /// MSI-X vectors the device has (0 without MSI-X).
+    pub fn msix_vectors(&self) -> u16 {
+        self.msix
+            .as_ref()
+            .map(|(_, m)| m.lock().unwrap_or_else(|e| e.into_inner()).vectors())
+            .unwrap_or(0)
+    }
+
+    fn bar_index_for_reg(offset: usize) -> Option<(usize, usize)> {
+        (BAR0_REG..BAR0_REG + 4 * NUM_BARS)
+            .contains(&offset)
+            .then(|| ((offset - BAR0_REG) / 4, (offset - BAR0_REG) % 4))
+    }
+
+    /// Which BAR register slot (lower/upper) `reg` is for, if it is one.
+    fn virtual_bar_slot(&self, reg: usize) -> Option<(usize, usize)> {
+        if let Some(vb) = self.bars.get(reg).copied().flatten() {
+            if vb.bar.index == reg {
+                return Some((reg, 0));
+            }
+        }
+        if reg > 0 {
+            if let Some(vb) = self.bars.get(reg - 1).copied().flatten() {
+                if vb.bar.kind == BarKind::Mem64 {
+                    return Some((reg - 1, 1));
+                }
+            }
+        }
+        None
+    }
+
+    fn set_msix_control(&mut self, ctrl: u16) {
+        let Some((_, msix)) = &self.msix else { return };
+        let was = self.msix_control & 0x8000 != 0;
+        let now = ctrl & 0x8000 != 0;
+        self.msix_control = ctrl & 0xc000;
+        msix.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .set_control(ctrl);
+        if now && !was {
+            let n = usize::from(self.msix_vectors());
+            let fds: Vec<&EventFd> = self.vector_fds.iter().take(n).collect();
+            match self.device.enable_msix(fds) {
+                Ok(()) => log::info!("vfio {}: MSI-X enabled ({n} vectors)", self.name),
+                Err(e) => log::error!("vfio {}: cannot enable MSI-X: {e}", self.name),
+            }
+        } else if was && !now {
+            if let Err(e) = self.device.disable_msix() {
+                log::warn!("vfio {}: cannot disable MSI-X: {e}", self.name);
+            }
+        }
+    }
+}
+
+impl Drop for VfioPciDevice {
+    fn drop(&mut self) {
+        if self.msix_control & 0x8000 != 0 {
+            let _ = self.device.disable_msix();
+        }
+        // Leave the function quiet for whoever gets it next.
+        self.device.reset();
+    }
+}
+
+impl PciDevice for VfioPciDevice {
+    fn read_config(&mut self, offset: usize, data: &mut [u8]) {
+        // Extended capabilities (SR-IOV, ARI, ...) are hidden: an empty list.
+        if offset >= 0x100 {
+            data.fill(0);
+            return;
+        }
+        self.device.region_read(CONFIG_REGION, data, offset as u64);
+        for (i, b) in data.iter_mut().enumerate() {
+            let at = offset + i;
+            if let Some((reg, byte)) = Self::bar_index_for_reg(at & !3).map(|(r, _)| (r, at & 3)) {
+                *b = match self.virtual_bar_slot(reg) {
+                    Some((lower, half)) => self.bars[lower]
+                        .map(|vb| vb.regs[half].to_le_bytes()[byte])
+                        .unwrap_or(0),
+                    None => 0,
+                };
+            } else if (ROM_BAR_REG..ROM_BAR_REG + 4).contains(&at) {
+                *b = 0;
+            } else if let Some((layout, _)) = &self.msix {
+                if at == layout.cap + 3 {
+                    // Enable and function-mask bits are ours.
+                    *b = (*b & 0x3f) | (self.msix_control >> 8) as u8;
+                }
+            }
+        }
+    }
+
+    fn write_config(&mut self, offset: usize, data: &[u8]) -> Vec<BarMove> {
+        if offset >= 0x100 {
+            return Vec::new();
+        }
+        if let Some((reg, _)) = Self::bar_index_for_reg(offset) {
+            let Some((lower, half)) = self.virtual_bar_slot(reg) else {
+                return Vec::new();
+            };
+            let Some(mut vb) = self.bars[lower] else {
+                return Vec::new();
+            };
+            let mut bytes = vb.regs[half].to_le_bytes();
+            let at = offset & 3;
+            let n = data.len().min(4 - at);
+            bytes[at..at + n].copy_from_slice(&data[..n]);
+            let value = u32::from_le_bytes(bytes);
+            let size_mask = !(vb.bar.size - 1);
+            let flags = vb.regs[0] & 0xf;
+            vb.regs[half] = if half == 0 {
+                (value & size_mask as u32 & !0xf) | flags
+            } else {
+                value & (size_mask >> 32) as u32
+            };
+            let low_sizing = vb.regs[0] & !0xf == size_mask as u32 & !0xf;
+            // Sizing writes all ones to one half at a time: not a placement.
+            let high_sizing = vb.bar.kind == BarKind::Mem64 && vb.regs[1] == u32::MAX;
+            let addr = u64::from(vb.regs[0] & !0xf)
+                | if vb.bar.kind == BarKind::Mem64 {
+                    u64::from(vb.regs[1]) << 32
+                } else {
+                    0
+                };
+            let mut moves = Vec::new();
+            if addr != vb.bar.addr && !low_sizing && !high_sizing {
+                moves.push(BarMove {
+                    index: lower,
+                    kind: vb.bar.kind,
+                    old: vb.bar.addr,
+                    new: addr,
+                    size: vb.bar.size,
+                });
+                vb.bar.addr = addr;
+            }
+            self.bars[lower] = Some(vb);
+            return moves;
+        }
+        if (ROM_BAR_REG..ROM_BAR_REG + 4).contains(&offset) {
+            return Vec::new();
+        }
+        if let Some((layout, _)) = self.msix {
+            let ctrl_at = layout.cap + 2;
+            if offset <= ctrl_at + 1 && offset + data.len() > ctrl_at {
+                let mut ctrl = self.msix_control.to_le_bytes();
+                for (i, &b) in data.iter().enumerate() {
+                    let at = offset + i;
+                    if at >= ctrl_at && at < ctrl_at + 2 {
+                        ctrl[at - ctrl_at] = b;
+                    }
+                }
+                self.set_msix_control(u16::from_le_bytes(ctrl));
+                return Vec::new();
+            }
+        }
+        // Everything else (command register: bus master, memory decode)
+        // goes to the device; vfio-pci filters what it must.
+        self.device.region_write(CONFIG_REGION, data, offset as u64);
+        Vec::new()
+    }
+
+    fn bars(&self) -> Vec<Bar> {
+        self.bars
+            .iter()
+            .enumerate()
+            .filter_map(|(i, b)| b.filter(|vb| vb.bar.index == i).map(|vb| vb.bar))
+            .collect()
+    }
+
+    fn read_bar(&mut self, bar: usize, offset: u64, data: &mut [u8]) {
+        if let Some((l, msix)) = &self.msix {
+            if bar == l.table_bar
+                && (l.table_offset..l.table_offset + l.table_size).contains(&offset)
+            {
+                msix.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .read_table(offset - l.table_offset, data);
+                return;
+            }
+            if bar == l.pba_bar && (l.pba_offset..l.pba_offset + l.pba_size).contains(&offset) {
+                msix.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .read_pba(offset - l.pba_offset, data);
+                return;
+            }
+        }
+        self.device.region_read(bar as u32, data, offset);
+    }
+
+    fn write_bar(&mut self, bar: usize, offset: u64, data: &[u8]) {
+        if let Some((l, msix)) = &self.msix {
+            if bar == l.table_bar
+                && (l.table_offset..l.table_offset + l.table_size).contains(&offset)
+            {
+                msix.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .write_table(offset - l.table_offset, data);
+                return;
+            }
+            if bar == l.pba_bar && (l.pba_offset..l.pba_offset + l.pba_size).contains(&offset) {
+                return;
+            }
+        }
+        self.device.region_write(bar as u32, data, offset);
+    }
+}
