@@ -5,7 +5,6 @@
 #   Debian packages: qemu-utils (qemu-io, qemu-img, qemu-nbd: NBD client peers and the
 #                    benchmark baseline server), libnbd-bin (nbdinfo, nbdcopy: a second,
 #                    independent NBD client), fio (benchmark; its nbd engine uses libnbd),
-#                    util-linux (fallocate, used by the benchmark's image preparation),
 #                    strace (the durability-order test traces ebsd's fdatasync calls),
 #                    python3-venv (for the venv below).
 #   Python venv:     .cache/venv-ebs with moto[server] (an S3-compatible server the snapshot
@@ -16,7 +15,7 @@ set -euo pipefail
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 venv_dir="${EBS_VENV:-$repo_root/.cache/venv-ebs}"
 
-debian_packages=(qemu-utils libnbd-bin fio util-linux strace python3-venv python3-pip)
+debian_packages=(qemu-utils libnbd-bin fio strace python3-venv python3-pip)
 
 missing_packages=()
 for package in "${debian_packages[@]}"; do
@@ -44,4 +43,4 @@ fi
 for tool in qemu-io qemu-img qemu-nbd nbdinfo fio strace "$venv_dir/bin/moto_server"; do
     command -v "$tool" >/dev/null || { echo "ebs setup: $tool still missing" >&2; exit 1; }
 done
-echo "ebs setup: ok (qemu-io, qemu-img, qemu-nbd, nbdinfo, fio, moto_server in $venv_dir)"
+echo "ebs setup: ok (qemu-io, qemu-img, qemu-nbd, nbdinfo, fio, strace; moto_server in $venv_dir)"
