@@ -15,6 +15,8 @@ mod crypto;
 pub mod direct;
 mod snapshots;
 
+use snapshots::Fill;
+
 use crate::control::snapshot::SnapshotTable;
 use crate::control::volume::EXPORT_TOKEN_SEPARATOR;
 use crate::control::{
@@ -400,54 +402,71 @@ impl Service {
         self.validate_volume_encryption(request, snapshot.as_ref())?;
         let volume = state.table.create(request, snapshot_size)?;
         self.persist(&state)?;
-        match self.create_store(&state, &volume, request) {
-            Ok((store, fill_in_background, key)) => {
-                let volume = match key {
-                    Some((key_id, wrapped)) => {
-                        state
-                            .table
-                            .set_encryption(&volume.volume_id, &key_id, &wrapped)?
-                    }
-                    None => volume,
-                };
-                let store = Arc::new(store);
-                if fill_in_background {
-                    snapshots::spawn_background_fill(
-                        Arc::clone(&store),
-                        self.volume_directory(&volume.volume_id),
-                        volume.volume_id.clone(),
-                    );
-                }
-                let qos = new_qos(&volume, &self.clock)?;
-                state.open.insert(
-                    volume.volume_id.clone(),
-                    OpenVolume {
-                        store,
-                        counters: Arc::default(),
-                        qos,
-                        revocations: HashMap::new(),
-                    },
-                );
-                let volume = state
-                    .table
-                    .set_state(&volume.volume_id, VolumeState::Available)?;
-                self.persist(&state)?;
-                log::info!(
-                    "created {} ({} GiB {})",
-                    volume.volume_id,
-                    volume.size,
-                    volume.volume_type
-                );
-                Ok(volume)
-            }
+        let (store, fill, key) = match self.create_store(&state, &volume, request) {
+            Ok(created) => created,
             Err(error) => {
                 state
                     .table
                     .set_state(&volume.volume_id, VolumeState::Error)?;
                 self.persist(&state)?;
-                Err(error)
+                return Err(error);
+            }
+        };
+        let volume = match key {
+            Some((key_id, wrapped)) => {
+                state
+                    .table
+                    .set_encryption(&volume.volume_id, &key_id, &wrapped)?
+            }
+            None => volume,
+        };
+        let store = Arc::new(store);
+        let directory = self.volume_directory(&volume.volume_id);
+        let qos = new_qos(&volume, &self.clock)?;
+        state.open.insert(
+            volume.volume_id.clone(),
+            OpenVolume {
+                store: Arc::clone(&store),
+                counters: Arc::default(),
+                qos,
+                revocations: HashMap::new(),
+            },
+        );
+        match fill {
+            Fill::Nothing => {}
+            Fill::InBackground => snapshots::spawn_background_fill(
+                Arc::clone(&store),
+                directory,
+                volume.volume_id.clone(),
+            ),
+            Fill::BeforeAvailable => {
+                // Stays `creating` (not attachable, not deletable) while every block is
+                // fetched; the service lock is released so other requests go on.
+                self.persist(&state)?;
+                drop(state);
+                let filled = store.hydrate_all(|_, _| {});
+                state = self.lock();
+                if let Err(error) = filled {
+                    state
+                        .table
+                        .set_state(&volume.volume_id, VolumeState::Error)?;
+                    self.persist(&state)?;
+                    return Err(error.into());
+                }
+                let _ = fs::remove_file(directory.join(snapshots::SOURCE_BLOCKS));
             }
         }
+        let volume = state
+            .table
+            .set_state(&volume.volume_id, VolumeState::Available)?;
+        self.persist(&state)?;
+        log::info!(
+            "created {} ({} GiB {})",
+            volume.volume_id,
+            volume.size,
+            volume.volume_type
+        );
+        Ok(volume)
     }
 
     pub fn delete_volume(&self, volume_id: &str) -> Result<(), ControlError> {

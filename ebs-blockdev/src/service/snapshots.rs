@@ -22,6 +22,17 @@ use crate::engine::{BlockSource, BlockStore, BLOCK_SIZE};
 use crate::snapshot::manifest::{manifest_key, MANIFEST_FORMAT_VERSION};
 use crate::snapshot::{upload_capture, Manifest, ManifestSource, SnapshotError, SnapshotStorage};
 
+/// How a new volume gets its snapshot's blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Fill {
+    /// Not made from a snapshot.
+    Nothing,
+    /// Usable at once; blocks come on first access and from a background fill.
+    InBackground,
+    /// Fast snapshot restore: every block is fetched while the volume is `creating`.
+    BeforeAvailable,
+}
+
 /// The block list of the volume's latest snapshot (or its source snapshot): the base
 /// that the next incremental snapshot overlays its changed blocks on.
 pub(super) const BASE_BLOCKS: &str = "base-blocks.json";
@@ -128,13 +139,17 @@ impl Service {
         state: &ServiceState,
         volume: &Volume,
         request: &CreateVolumeRequest,
-    ) -> Result<(BlockStore, bool, Option<(String, String)>), ControlError> {
+    ) -> Result<(BlockStore, Fill, Option<(String, String)>), ControlError> {
         let directory = self.volume_directory(&volume.volume_id);
         if volume.snapshot_id.is_empty() {
             let key = self.new_volume_key(request, None)?;
             let store = BlockStore::create(&directory, volume.size_bytes())?;
             store.set_cipher(key.as_ref().map(|key| Arc::clone(&key.cipher)));
-            return Ok((store, false, key.map(|key| (key.key_id, key.wrapped))));
+            return Ok((
+                store,
+                Fill::Nothing,
+                key.map(|key| (key.key_id, key.wrapped)),
+            ));
         }
         let snapshot = state.snapshots.completed(&volume.snapshot_id)?.clone();
         let manifest = self
@@ -163,12 +178,13 @@ impl Service {
         store.set_cipher(key.as_ref().map(|key| Arc::clone(&key.cipher)));
         write_block_list(&directory, BASE_BLOCKS, &manifest.blocks)?;
         let key = key.map(|key| (key.key_id, key.wrapped));
-        if snapshot.fast_restored {
-            store.hydrate_all(|_, _| {})?;
-            return Ok((store, false, key));
-        }
         write_block_list(&directory, SOURCE_BLOCKS, &manifest.blocks)?;
-        Ok((store, true, key))
+        let fill = if snapshot.fast_restored {
+            Fill::BeforeAvailable
+        } else {
+            Fill::InBackground
+        };
+        Ok((store, fill, key))
     }
 
     pub fn create_snapshot(
