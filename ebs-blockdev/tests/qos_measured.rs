@@ -107,3 +107,63 @@ fn gp3_random_4k_iops_match_the_provisioned_rate() {
         "requests queued for tokens but throttled time is {throttled} s"
     );
 }
+
+fn metric(daemon: &Daemon, name: &str, volume_id: &str, volume_type: &str) -> f64 {
+    let api = ebs_blockdev::api::client::ApiClient::new(
+        ebs_blockdev::api::client::ApiTarget::Unix(daemon.api_sock.clone()),
+    );
+    let (_, metrics) = api.request("GET", "/metrics", b"").unwrap();
+    let metrics = String::from_utf8(metrics).unwrap();
+    let prefix = format!("{name}{{volume_id=\"{volume_id}\",volume_type=\"{volume_type}\"}} ");
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(&prefix)?.parse().ok())
+        .unwrap_or_else(|| panic!("no {prefix} in\n{metrics}"))
+}
+
+#[test]
+fn gp2_burst_credits_are_spent_and_kept_across_an_orderly_restart() {
+    require_tool("qemu-img");
+    let run = tempfile::tempdir().unwrap();
+    let data_dir = run.path().join("data");
+    let mut daemon = Daemon::start(run.path(), &data_dir);
+    let volume = daemon.cli_ok(&["create-volume", "--size", "10", "--volume-type", "gp2"]);
+    let volume_id = volume["VolumeId"].as_str().unwrap().to_string();
+    assert_eq!(
+        metric(&daemon, "ebs_volume_credit_balance", &volume_id, "gp2"),
+        5_400_000.0
+    );
+    let attached = daemon.cli_ok(&[
+        "attach-volume",
+        "--volume-id",
+        &volume_id,
+        "--instance-id",
+        "i-0123456789abcdef0",
+    ]);
+    let export_name = attached["NbdExport"]["ExportName"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // A 10 GiB gp2 volume has a 100 IOPS baseline but bursts to 3,000 on its credits.
+    let rate = measured_iops(&daemon, &export_name, 6000, true);
+    assert!(
+        rate > 1500.0 && rate < 3150.0,
+        "gp2 burst ran at {rate:.0} IOPS"
+    );
+    let spent = 5_400_000.0 - metric(&daemon, "ebs_volume_credit_balance", &volume_id, "gp2");
+    assert!(spent > 5_000.0, "only {spent} credits spent for 6,000 I/Os");
+    daemon.terminate();
+    let daemon = Daemon::start(run.path(), &data_dir);
+    let after_restart = metric(&daemon, "ebs_volume_credit_balance", &volume_id, "gp2");
+    assert!(
+        after_restart < 5_400_000.0 - 3_000.0,
+        "credits were reset by the restart: {after_restart}"
+    );
+    let percent = metric(
+        &daemon,
+        "ebs_volume_burst_balance_percent",
+        &volume_id,
+        "gp2",
+    );
+    assert!(percent < 100.0 && percent > 99.0, "BurstBalance {percent}");
+}

@@ -104,6 +104,12 @@ impl TokenBucket {
         self.balance
     }
 
+    /// Sets the balance (clamped to the capacity), e.g. to restore saved credits.
+    pub fn set_balance(&mut self, balance: f64, now: Duration) {
+        self.refill(now);
+        self.balance = balance.min(self.capacity);
+    }
+
     pub fn capacity(&self) -> f64 {
         self.capacity
     }

@@ -98,6 +98,15 @@ pub struct VolumeQos {
     throttled_nanos: AtomicU64,
 }
 
+/// Credit balances worth keeping across a restart of ebsd (gp2/standard I/O credits,
+/// st1/sc1 throughput credits).
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct CreditBalances {
+    pub io_credits: Option<f64>,
+    pub throughput_credits_mib: Option<f64>,
+}
+
 /// A moment's view of a volume's buckets, for metrics.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct QosSnapshot {
@@ -220,6 +229,36 @@ impl VolumeQos {
             self.throttled_nanos
                 .fetch_add(wait.as_nanos() as u64, Ordering::Relaxed);
             self.clock.sleep(wait);
+        }
+    }
+
+    pub fn credit_balances(&self) -> CreditBalances {
+        let now = self.clock.now();
+        let mut state = self.lock();
+        CreditBalances {
+            io_credits: state
+                .iops_credits
+                .as_mut()
+                .map(|bucket| bucket.balance(now)),
+            throughput_credits_mib: state
+                .throughput_credits
+                .as_mut()
+                .map(|bucket| bucket.balance(now)),
+        }
+    }
+
+    /// Restores saved balances into the buckets the current policy has.
+    pub fn restore_credit_balances(&self, balances: CreditBalances) {
+        let now = self.clock.now();
+        let mut state = self.lock();
+        if let (Some(bucket), Some(balance)) = (state.iops_credits.as_mut(), balances.io_credits) {
+            bucket.set_balance(balance, now);
+        }
+        if let (Some(bucket), Some(balance)) = (
+            state.throughput_credits.as_mut(),
+            balances.throughput_credits_mib,
+        ) {
+            bucket.set_balance(balance, now);
         }
     }
 

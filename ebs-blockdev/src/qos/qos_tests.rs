@@ -184,3 +184,31 @@ fn modify_raises_the_limit_and_keeps_credits() {
     assert!((elapsed - 10.0).abs() < 0.05, "took {elapsed} s");
     assert_eq!(qos.snapshot().burst_balance_percent, 100.0);
 }
+
+#[test]
+fn credit_balances_round_trip_and_clamp() {
+    let (clock, qos) = volume(VolumeType::Gp2, 100, None, None);
+    for index in 0..3_000 {
+        qos.admit_request(IoDirection::Read, random_offset(index), 4 * KIB);
+    }
+    let saved = qos.credit_balances();
+    let left = saved.io_credits.unwrap();
+    assert!(left < GP2_CREDIT_CAPACITY - 2_000.0, "credits left {left}");
+    assert_eq!(saved.throughput_credits_mib, None);
+    let (_, restarted) = volume(VolumeType::Gp2, 100, None, None);
+    assert_eq!(
+        restarted.credit_balances().io_credits,
+        Some(GP2_CREDIT_CAPACITY)
+    );
+    restarted.restore_credit_balances(saved);
+    assert!((restarted.credit_balances().io_credits.unwrap() - left).abs() < 1.0);
+    restarted.restore_credit_balances(CreditBalances {
+        io_credits: Some(1e12),
+        throughput_credits_mib: Some(5.0),
+    });
+    assert_eq!(
+        restarted.credit_balances().io_credits,
+        Some(GP2_CREDIT_CAPACITY)
+    );
+    drop(clock);
+}

@@ -28,7 +28,7 @@ use crate::crypto::LocalKms;
 use crate::engine::durable::replace_file_atomically;
 use crate::engine::{BlockStore, EngineError};
 use crate::nbd::{Export, ExportProvider, ExportRefusal, IoDirection, IoThrottle};
-use crate::qos::{Clock, MonotonicClock, QosPolicy, QosSnapshot, VolumeQos};
+use crate::qos::{Clock, CreditBalances, MonotonicClock, QosPolicy, QosSnapshot, VolumeQos};
 use crate::snapshot::SnapshotStorage;
 
 const CONTROL_FILE: &str = "control.json";
@@ -242,6 +242,39 @@ fn new_qos(volume: &Volume, clock: &Arc<dyn Clock>) -> Result<Arc<VolumeQos>, Co
     Ok(Arc::new(VolumeQos::new(policy, Arc::clone(clock))))
 }
 
+/// Credit balances saved at an orderly shutdown, read (and removed) at the next start; a
+/// crash loses them and the buckets start full, as for a new volume.
+const QOS_CREDITS_FILE: &str = "qos-credits.json";
+
+fn save_credits(qos: &VolumeQos, directory: &Path) {
+    let balances = qos.credit_balances();
+    if balances == CreditBalances::default() {
+        return;
+    }
+    let saved = serde_json::to_vec(&balances)
+        .map_err(|error| error.to_string())
+        .and_then(|encoded| {
+            replace_file_atomically(&directory.join(QOS_CREDITS_FILE), &encoded)
+                .map_err(|error| error.to_string())
+        });
+    if let Err(error) = saved {
+        log::warn!("{}: cannot save QoS credits: {error}", directory.display());
+    }
+}
+
+fn restore_credits(qos: &VolumeQos, directory: &Path) {
+    let path = directory.join(QOS_CREDITS_FILE);
+    let Ok(bytes) = fs::read(&path) else { return };
+    match serde_json::from_slice::<CreditBalances>(&bytes) {
+        Ok(balances) => qos.restore_credit_balances(balances),
+        Err(error) => log::warn!(
+            "{}: ignoring unreadable QoS credits: {error}",
+            path.display()
+        ),
+    }
+    let _ = fs::remove_file(&path);
+}
+
 fn io_error(context: &str) -> impl FnOnce(io::Error) -> ControlError + '_ {
     move |error| ControlError::Internal(format!("{context}: {error}"))
 }
@@ -320,6 +353,7 @@ impl Service {
                             })
                             .collect();
                         let qos = new_qos(&volume, &clock)?;
+                        restore_credits(&qos, &directory);
                         open.insert(
                             volume.volume_id.clone(),
                             OpenVolume {
@@ -600,6 +634,7 @@ impl Service {
             if let Err(error) = open.store.shut_down() {
                 log::error!("{volume_id}: close failed: {error}");
             }
+            save_credits(&open.qos, open.store.directory());
         }
     }
 
