@@ -621,17 +621,88 @@ pub struct VmConfig {
     pub vfs: Vec<VfConfig>,
 }
 
-/// A PCI function (an SR-IOV VF) bound to vfio-pci.
+/// A PCI function passed through with VFIO: a VF given by address (bound
+/// to vfio-pci already), or leased from an SR-IOV VF pool for the lifetime
+/// of the VM with the ENI's MAC.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VfConfig {
     /// `dddd:bb:ss.f`
-    pub bdf: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bdf: Option<String>,
+    /// A VF pool's state directory (see docs/sriov.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<PathBuf>,
+    /// The ENI's MAC, set on the VF by the pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+    /// Who holds the lease (defaults to the SMBIOS serial or "vmm-<pid>").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<String>,
+}
+
+impl VfConfig {
+    /// `--vf BDF` or `--vf pool=DIR,mac=MAC[,instance=ID]`.
+    pub fn from_cli(spec: &str) -> Result<Self, ConfigError> {
+        if !spec.contains('=') {
+            return Ok(Self {
+                bdf: Some(spec.to_string()),
+                pool: None,
+                mac: None,
+                instance_id: None,
+            });
+        }
+        let mut vf = Self {
+            bdf: None,
+            pool: None,
+            mac: None,
+            instance_id: None,
+        };
+        for part in spec.split(',') {
+            let (k, v) = part
+                .split_once('=')
+                .ok_or_else(|| ConfigError::new("--vf", format!("{part:?} is not key=value")))?;
+            match k {
+                "pool" => vf.pool = Some(PathBuf::from(v)),
+                "mac" => vf.mac = Some(v.to_string()),
+                "instance" => vf.instance_id = Some(v.to_string()),
+                "bdf" => vf.bdf = Some(v.to_string()),
+                other => {
+                    return Err(ConfigError::new(
+                        "--vf",
+                        format!("unknown key {other:?} (known: pool, mac, instance, bdf)"),
+                    ))
+                }
+            }
+        }
+        Ok(vf)
+    }
 }
 
 impl VfConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let b = self.bdf.as_bytes();
+        match (&self.bdf, &self.pool) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::new("pool", "give bdf or pool, not both"))
+            }
+            (None, None) => {
+                return Err(ConfigError::new(
+                    "bdf",
+                    "give bdf (a VF on vfio-pci) or pool",
+                ))
+            }
+            (None, Some(_)) => {
+                let mac = self
+                    .mac
+                    .as_deref()
+                    .ok_or_else(|| ConfigError::new("mac", "a pool lease needs the ENI's MAC"))?;
+                parse_mac(mac).map_err(|e| ConfigError::new("mac", e))?;
+                return Ok(());
+            }
+            (Some(_), None) => {}
+        }
+        let bdf = self.bdf.as_deref().unwrap_or_default();
+        let b = bdf.as_bytes();
         let ok = b.len() == 12
             && b[4] == b':'
             && b[7] == b':'
@@ -644,7 +715,7 @@ impl VfConfig {
         } else {
             Err(ConfigError::new(
                 "bdf",
-                format!("{:?} is not a PCI address (dddd:bb:ss.f)", self.bdf),
+                format!("{bdf:?} is not a PCI address (dddd:bb:ss.f)"),
             ))
         }
     }

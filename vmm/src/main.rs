@@ -60,8 +60,9 @@ struct Cli {
     /// at 169.254.169.254 on the first --net interface.
     #[arg(long, requires = "kernel")]
     imds: Option<PathBuf>,
-    /// Pass through a PCI function bound to vfio-pci (an SR-IOV VF):
-    /// its address dddd:bb:ss.f (repeatable).
+    /// Pass through an SR-IOV VF: its address dddd:bb:ss.f (bound to
+    /// vfio-pci), or pool=DIR,mac=MAC[,instance=ID] to lease one from a VF
+    /// pool for the VM's lifetime (repeatable).
     #[arg(long = "vf", requires = "kernel")]
     vfs: Vec<String>,
     /// Whole VM configuration as JSON (Firecracker-style).
@@ -132,8 +133,8 @@ fn config_from_flags(cli: &Cli) -> anyhow::Result<Option<VmConfig>> {
         vfs: cli
             .vfs
             .iter()
-            .map(|bdf| vmm::config::VfConfig { bdf: bdf.clone() })
-            .collect(),
+            .map(|v| vmm::config::VfConfig::from_cli(v))
+            .collect::<Result<_, _>>()?,
     }))
 }
 

@@ -31,6 +31,8 @@ pub enum RuntimeError {
     SerialOutput { path: PathBuf, source: io::Error },
     #[error("API socket {path}: {source}")]
     ApiSocket { path: PathBuf, source: io::Error },
+    #[error("VF pool: {0}")]
+    Pool(String),
     #[error("event loop: {0}")]
     Io(#[from] io::Error),
 }
@@ -122,6 +124,7 @@ struct Controller {
     net: Vec<NetConfig>,
     imds: Option<serde_json::Value>,
     vfs: Vec<crate::config::VfConfig>,
+    leases: Vec<(sriov::Pool, sriov::Lease)>,
     vm: Option<Vm>,
     start: Instant,
 }
@@ -147,8 +150,58 @@ impl Controller {
         Ok(cfg)
     }
 
+    /// Lease pool VFs, turning them into addresses; kept for release.
+    fn lease_vfs(&mut self, cfg: &mut VmConfig) -> Result<(), RuntimeError> {
+        for vf in cfg.vfs.iter_mut() {
+            let Some(dir) = vf.pool.clone() else { continue };
+            let mac: sriov::MacAddress = vf
+                .mac
+                .as_deref()
+                .unwrap_or_default()
+                .parse()
+                .map_err(|e: sriov::Error| RuntimeError::Pool(e.to_string()))?;
+            let instance = vf
+                .instance_id
+                .clone()
+                .or_else(|| cfg.machine_config.smbios.serial.clone())
+                .unwrap_or_else(|| format!("vmm-{}", std::process::id()));
+            let pool = sriov::Pool::open(&dir).map_err(|e| RuntimeError::Pool(e.to_string()))?;
+            let lease = pool
+                .lease(&instance, mac)
+                .map_err(|e| RuntimeError::Pool(format!("{}: {e}", dir.display())))?;
+            log::info!(
+                "leased VF {} from {} for {instance}",
+                lease.bdf,
+                dir.display()
+            );
+            vf.bdf = Some(lease.bdf.to_string());
+            vf.pool = None;
+            self.leases.push((pool, lease));
+        }
+        Ok(())
+    }
+
+    /// Give leased VFs back (after the VM and its VFIO fds are gone).
+    fn release_vfs(&mut self) {
+        for (pool, lease) in self.leases.drain(..) {
+            match pool.release(&lease) {
+                Ok(()) => log::info!("released VF {}", lease.bdf),
+                Err(e) => log::error!("cannot release VF {}: {e}", lease.bdf),
+            }
+        }
+    }
+
     fn start_vm(&mut self) -> Result<(), RuntimeError> {
-        let cfg = self.config()?;
+        let mut cfg = self.config()?;
+        self.lease_vfs(&mut cfg)?;
+        let built = self.build_and_start(&cfg);
+        if built.is_err() {
+            self.release_vfs();
+        }
+        built
+    }
+
+    fn build_and_start(&mut self, cfg: &VmConfig) -> Result<(), RuntimeError> {
         let out: Box<dyn Write + Send> = match &cfg.serial.output_path {
             Some(path) => Box::new(
                 OpenOptions::new()
@@ -162,7 +215,7 @@ impl Controller {
             ),
             None => Box::new(io::stdout()),
         };
-        let mut vm = Vm::build(&cfg, out, self.start)?;
+        let mut vm = Vm::build(cfg, out, self.start)?;
         vm.start()?;
         self.vm = Some(vm);
         Ok(())
@@ -326,6 +379,7 @@ pub fn run(opts: RunOptions) -> Result<ExitReason, RuntimeError> {
         net: Vec::new(),
         imds: None,
         vfs: Vec::new(),
+        leases: Vec::new(),
         vm: None,
         start: opts.start,
     };
@@ -447,7 +501,10 @@ pub fn run(opts: RunOptions) -> Result<ExitReason, RuntimeError> {
         if !vm.stop() {
             log::error!("some vCPU threads did not stop");
         }
+        // Dropping the VM closes its VFIO fds, which a VF release waits for.
+        drop(vm);
     }
+    ctl.release_vfs();
     drop(console);
     Ok(reason)
 }

@@ -164,7 +164,12 @@ impl Vm {
             vm.add_drive(drive)?;
         }
         for vf in &cfg.vfs {
-            vm.add_vfio(&vf.bdf)?;
+            // Pool leases were resolved to addresses before the build.
+            let bdf = vf
+                .bdf
+                .as_deref()
+                .ok_or_else(|| VmError::Vfio("VF without an address (lease it first)".into()))?;
+            vm.add_vfio(bdf)?;
         }
         for (i, net) in cfg.net.iter().enumerate() {
             // The metadata service answers on the primary interface.
@@ -283,12 +288,12 @@ impl Vm {
         };
         let pci = Arc::new(Mutex::new(PciRoot::new(mmio.clone(), pio.clone())));
         pio.insert(
-            Arc::new(Mutex::new(PciConfigIo::new(Arc::clone(&pci)))),
+            Arc::new(Mutex::new(PciConfigIo::new(&pci))),
             PCI_CONFIG_PORT,
             8,
         )?;
         mmio.insert(
-            Arc::new(Mutex::new(PciConfigMmio::new(Arc::clone(&pci)))),
+            Arc::new(Mutex::new(PciConfigMmio::new(&pci))),
             layout::PCI_ECAM_START,
             layout::PCI_ECAM_SIZE,
         )?;

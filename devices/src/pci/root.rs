@@ -198,15 +198,32 @@ impl PciRoot {
     }
 }
 
+/// Run `f` on the root if it is still alive. The config-access devices
+/// sit on buses the root itself holds, so they keep only a weak
+/// reference: a strong one would be a cycle that keeps every device (and
+/// a passed-through VF's VFIO fds) alive after the VM is gone.
+fn with_root(root: &Weak<Mutex<PciRoot>>, f: impl FnOnce(&PciRoot)) -> bool {
+    match root.upgrade() {
+        Some(r) => {
+            f(&r.lock().unwrap_or_else(|e| e.into_inner()));
+            true
+        }
+        None => false,
+    }
+}
+
 /// The legacy configuration mechanism: address at 0xCF8, data at 0xCFC.
 pub struct PciConfigIo {
-    root: Arc<Mutex<PciRoot>>,
+    root: Weak<Mutex<PciRoot>>,
     address: u32,
 }
 
 impl PciConfigIo {
-    pub fn new(root: Arc<Mutex<PciRoot>>) -> Self {
-        Self { root, address: 0 }
+    pub fn new(root: &Arc<Mutex<PciRoot>>) -> Self {
+        Self {
+            root: Arc::downgrade(root),
+            address: 0,
+        }
     }
 
     /// (bus, devfn, register offset) if the enable bit is set.
@@ -232,11 +249,11 @@ impl BusDevice for PciConfigIo {
                 }
             }
             4..=7 => match self.target(offset - 4) {
-                Some((bus, devfn, reg)) if reg + data.len() <= 0x100 => self
-                    .root
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .config_read(bus, devfn, reg, data),
+                Some((bus, devfn, reg)) if reg + data.len() <= 0x100 => {
+                    if !with_root(&self.root, |r| r.config_read(bus, devfn, reg, data)) {
+                        data.fill(0xff);
+                    }
+                }
                 _ => data.fill(0xff),
             },
             _ => data.fill(0xff),
@@ -251,10 +268,7 @@ impl BusDevice for PciConfigIo {
             4..=7 => {
                 if let Some((bus, devfn, reg)) = self.target(offset - 4) {
                     if reg + data.len() <= 0x100 {
-                        self.root
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .config_write(bus, devfn, reg, data);
+                        with_root(&self.root, |r| r.config_write(bus, devfn, reg, data));
                     }
                 }
             }
@@ -265,12 +279,14 @@ impl BusDevice for PciConfigIo {
 
 /// ECAM: 4 KiB of config space per function, bus 0 only.
 pub struct PciConfigMmio {
-    root: Arc<Mutex<PciRoot>>,
+    root: Weak<Mutex<PciRoot>>,
 }
 
 impl PciConfigMmio {
-    pub fn new(root: Arc<Mutex<PciRoot>>) -> Self {
-        Self { root }
+    pub fn new(root: &Arc<Mutex<PciRoot>>) -> Self {
+        Self {
+            root: Arc::downgrade(root),
+        }
     }
 
     /// Bytes one bus's worth of ECAM covers.
@@ -286,22 +302,20 @@ impl PciConfigMmio {
 
 impl BusDevice for PciConfigMmio {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
-        match Self::decode(offset, data.len()) {
-            Some((bus, devfn, reg)) => self
-                .root
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .config_read(bus, devfn, reg, data),
-            None => data.fill(0xff),
+        let done = match Self::decode(offset, data.len()) {
+            Some((bus, devfn, reg)) => {
+                with_root(&self.root, |r| r.config_read(bus, devfn, reg, data))
+            }
+            None => false,
+        };
+        if !done {
+            data.fill(0xff);
         }
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
         if let Some((bus, devfn, reg)) = Self::decode(offset, data.len()) {
-            self.root
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .config_write(bus, devfn, reg, data);
+            with_root(&self.root, |r| r.config_write(bus, devfn, reg, data));
         }
     }
 }
@@ -384,7 +398,7 @@ mod tests {
             .add_device(1, dummy(0xc000_1000))
             .is_err());
 
-        let mut io = PciConfigIo::new(root.clone());
+        let mut io = PciConfigIo::new(&root);
         let mut id = [0u8; 4];
         io.write(0, &cf8(0, 0));
         io.read(4, &mut id);
@@ -396,7 +410,7 @@ mod tests {
         io.read(4, &mut id);
         assert_eq!(id, [0xff; 4], "empty slot");
 
-        let mut ecam = PciConfigMmio::new(root.clone());
+        let mut ecam = PciConfigMmio::new(&root);
         ecam.read(1 << 15, &mut id);
         assert_eq!(u32::from_le_bytes(id), 0x1042_1af4);
 
@@ -412,12 +426,22 @@ mod tests {
         let d = dev.lock().unwrap();
         assert_eq!(d.bar_writes, vec![(0, 0x10, vec![9]), (0, 0x20, vec![2])]);
         assert_eq!(d.moved.len(), 1);
+        drop(d);
+        // No cycle: dropping the root drops its devices, though the config
+        // devices are still on buses.
+        let weak = Arc::downgrade(&dev);
+        drop(dev);
+        drop(root);
+        assert!(weak.upgrade().is_none(), "the device outlived its root");
+        let mut d = [0u8; 4];
+        ecam.read(1 << 15, &mut d);
+        assert_eq!(d, [0xff; 4]);
     }
 
     #[test]
     fn disabled_address_register_reads_all_ones() {
         let root = Arc::new(Mutex::new(PciRoot::new(Bus::new(), Bus::new())));
-        let mut io = PciConfigIo::new(root);
+        let mut io = PciConfigIo::new(&root);
         io.write(0, &0u32.to_le_bytes());
         let mut d = [0u8; 4];
         io.read(4, &mut d);
