@@ -124,6 +124,25 @@ pub fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
+/// Build `package`'s binaries into the calling test's target directory and
+/// return the path of binary `name` (tests cannot use CARGO_BIN_EXE_* for
+/// other packages' binaries).
+pub fn workspace_bin(package: &str, name: &str) -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "-p", package, "--bins"])
+        .current_dir(repo_root())
+        .status()
+        .unwrap_or_else(|e| panic!("cargo build -p {package}: {e}"));
+    assert!(status.success(), "building {package} failed");
+    // Test executables run from target/<profile>/deps/.
+    let exe = std::env::current_exe().expect("test executable path");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>")
+        .join(name)
+}
+
 /// A running `ebsd` (the block service) for tests, killed on drop.
 pub struct Ebsd {
     child: std::process::Child,
@@ -139,22 +158,10 @@ impl Ebsd {
     /// directory and start `ebsd` with its NBD export on 127.0.0.1:`port`
     /// (0: any free port) and its API on a socket under `dir`.
     pub fn start(dir: &Path, port: u16) -> Ebsd {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "-p", "ebs-blockdev", "--bins"])
-            .current_dir(repo_root())
-            .status()
-            .expect("cargo build -p ebs-blockdev");
-        assert!(status.success(), "building ebsd failed");
-        // Test executables run from target/<profile>/deps/.
-        let exe = std::env::current_exe().expect("test executable path");
-        let bins = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("target/<profile>")
-            .to_path_buf();
+        let ebsd = workspace_bin("ebs-blockdev", "ebsd");
+        let ebs = ebsd.with_file_name("ebs");
         let port = if port == 0 { free_port() } else { port };
-        Self::spawn(bins.join("ebsd"), bins.join("ebs"), dir, port)
+        Self::spawn(ebsd, ebs, dir, port)
     }
 
     fn spawn(bin: PathBuf, ebs: PathBuf, dir: &Path, port: u16) -> Ebsd {
