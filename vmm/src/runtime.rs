@@ -283,49 +283,22 @@ impl Controller {
                 }
                 Err(e) => ApiResponse::error(400, format!("boot-source.{e}"), Some(&e.field)),
             },
-            ApiRequest::PutDrive(path_id, d) => {
-                if path_id != d.drive_id {
-                    return ApiResponse::error(
-                        400,
-                        format!(
-                            "drive_id {:?} does not match the path's {:?}",
-                            d.drive_id, path_id
-                        ),
-                        Some("drive_id"),
-                    );
-                }
-                match d.validate() {
-                    Ok(()) => {
-                        // PUT replaces a drive with the same id.
-                        self.drives.retain(|x| x.drive_id != d.drive_id);
-                        self.drives.push(d);
-                        ApiResponse::no_content()
-                    }
-                    Err(e) => ApiResponse::error(400, format!("drives.{e}"), Some(&e.field)),
-                }
-            }
-            ApiRequest::PutNetworkInterface(path_id, n) => {
-                if path_id != n.iface_id {
-                    return ApiResponse::error(
-                        400,
-                        format!(
-                            "iface_id {:?} does not match the path's {:?}",
-                            n.iface_id, path_id
-                        ),
-                        Some("iface_id"),
-                    );
-                }
-                match n.validate() {
-                    Ok(()) => {
-                        self.net.retain(|x| x.iface_id != n.iface_id);
-                        self.net.push(n);
-                        ApiResponse::no_content()
-                    }
-                    Err(e) => {
-                        ApiResponse::error(400, format!("network-interfaces.{e}"), Some(&e.field))
-                    }
-                }
-            }
+            ApiRequest::PutDrive(path_id, d) => put_by_id(
+                &mut self.drives,
+                &path_id,
+                d,
+                |d| &d.drive_id,
+                DriveConfig::validate,
+                ("drives", "drive_id"),
+            ),
+            ApiRequest::PutNetworkInterface(path_id, n) => put_by_id(
+                &mut self.net,
+                &path_id,
+                n,
+                |n| &n.iface_id,
+                NetConfig::validate,
+                ("network-interfaces", "iface_id"),
+            ),
             ApiRequest::PutImds(record) => match crate::config::parse_imds_record(&record) {
                 Ok(_) => {
                     self.imds = Some(record);
@@ -354,6 +327,38 @@ impl Controller {
                 None => ApiResponse::error(400, "the instance is not running", None),
             },
         }
+    }
+}
+
+/// PUT of a resource keyed by id (`/drives/{id}`, `/network-interfaces/{id}`):
+/// the body's id must match the path's; a valid item replaces the one with
+/// the same id. `names` is (collection, id field) for error messages.
+fn put_by_id<T>(
+    list: &mut Vec<T>,
+    path_id: &str,
+    item: T,
+    id_of: fn(&T) -> &String,
+    validate: fn(&T) -> Result<(), ConfigError>,
+    names: (&str, &str),
+) -> ApiResponse {
+    let (collection, id_field) = names;
+    if id_of(&item) != path_id {
+        return ApiResponse::error(
+            400,
+            format!(
+                "{id_field} {:?} does not match the path's {path_id:?}",
+                id_of(&item)
+            ),
+            Some(id_field),
+        );
+    }
+    match validate(&item) {
+        Ok(()) => {
+            list.retain(|x| id_of(x) != path_id);
+            list.push(item);
+            ApiResponse::no_content()
+        }
+        Err(e) => ApiResponse::error(400, format!("{collection}.{e}"), Some(&e.field)),
     }
 }
 

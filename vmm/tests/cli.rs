@@ -326,6 +326,39 @@ fn rest_api_configures_and_starts_the_instance() {
     let boot = serde_json::json!({"kernel_image_path": k, "boot_args": "via api"}).to_string();
     let (st, _) = api(&sock, "PUT", "/boot-source", Some(&boot));
     assert_eq!(st, 204);
+    let disk = dir.join("disk.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    let drive = serde_json::json!({"drive_id": "data", "path_on_host": disk}).to_string();
+    let (st, err) = api(&sock, "PUT", "/drives/other", Some(&drive));
+    assert_eq!((st, err["field"].as_str()), (400, Some("drive_id")));
+    let bad = serde_json::json!({"drive_id": "data", "path_on_host": "/nonexistent"}).to_string();
+    let (st, err) = api(&sock, "PUT", "/drives/data", Some(&bad));
+    assert_eq!((st, err["field"].as_str()), (400, Some("path_on_host")));
+    let (st, _) = api(&sock, "PUT", "/drives/data", Some(&drive));
+    assert_eq!(st, 204);
+    let (st, _) = api(&sock, "PUT", "/drives/data", Some(&drive));
+    assert_eq!(st, 204, "PUT replaces");
+    let (st, drives) = api(&sock, "GET", "/drives", None);
+    assert_eq!((st, drives.as_array().map(Vec::len)), (200, Some(1)));
+    let bad_net =
+        r#"{"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "01:00:00:00:00:01"}"#;
+    let (st, err) = api(&sock, "PUT", "/network-interfaces/eth0", Some(bad_net));
+    assert_eq!(
+        (st, err["field"].as_str()),
+        (400, Some("guest_mac")),
+        "multicast MAC refused"
+    );
+    let (st, nets) = api(&sock, "GET", "/network-interfaces", None);
+    assert_eq!((st, nets.as_array().map(Vec::len)), (200, Some(0)));
+    let (st, err) = api(
+        &sock,
+        "PUT",
+        "/imds",
+        Some(r#"{"instance_id": "i-0123456789abcdef0"}"#),
+    );
+    assert_eq!(st, 400, "incomplete instance record: {err}");
+    let (st, _) = api(&sock, "GET", "/imds", None);
+    assert_eq!(st, 404);
     let (st, cfg) = api(&sock, "GET", "/machine-config", None);
     assert_eq!((st, cfg["vcpu_count"].as_u64()), (200, Some(2)));
     let (st, _) = api(

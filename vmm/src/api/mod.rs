@@ -124,12 +124,42 @@ pub fn route(req: &Request) -> Result<ApiRequest, ApiResponse> {
                 .map(|b| ApiRequest::Action(b.action_type)),
             _ => Err(not_allowed()),
         },
-        _ => Err(ApiResponse::error(
-            404,
-            format!("no resource at {path}"),
-            None,
-        )),
+        "/drives" => match method {
+            "GET" => Ok(ApiRequest::GetDrives),
+            _ => Err(not_allowed()),
+        },
+        "/network-interfaces" => match method {
+            "GET" => Ok(ApiRequest::GetNetworkInterfaces),
+            _ => Err(not_allowed()),
+        },
+        "/imds" | "/mmds" => match method {
+            "GET" => Ok(ApiRequest::GetImds),
+            "PUT" => parse_body::<serde_json::Value>(&req.body, "imds").map(ApiRequest::PutImds),
+            _ => Err(not_allowed()),
+        },
+        p => match (
+            keyed(p, "/drives/"),
+            keyed(p, "/network-interfaces/"),
+            method,
+        ) {
+            (Some(id), _, "PUT") => parse_body::<DriveConfig>(&req.body, "drive")
+                .map(|d| ApiRequest::PutDrive(id.to_string(), d)),
+            (_, Some(id), "PUT") => parse_body::<NetConfig>(&req.body, "network-interface")
+                .map(|n| ApiRequest::PutNetworkInterface(id.to_string(), n)),
+            (Some(_), _, _) | (_, Some(_), _) => Err(not_allowed()),
+            _ => Err(ApiResponse::error(
+                404,
+                format!("no resource at {path}"),
+                None,
+            )),
+        },
     }
+}
+
+/// The id in `/collection/{id}`, when `path` is one.
+fn keyed<'a>(path: &'a str, prefix: &str) -> Option<&'a str> {
+    path.strip_prefix(prefix)
+        .filter(|id| !id.is_empty() && !id.contains('/'))
 }
 
 fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T, ApiResponse> {
@@ -306,6 +336,42 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn keyed_resources_route_by_id() {
+        let d = r#"{"drive_id":"root","path_on_host":"/x"}"#;
+        match route(&req("PUT", "/drives/root", d)) {
+            Ok(ApiRequest::PutDrive(id, drive)) => {
+                assert_eq!((id.as_str(), drive.drive_id.as_str()), ("root", "root"))
+            }
+            other => panic!("{other:?}"),
+        }
+        let n = r#"{"iface_id":"eth0","host_dev_name":"tap0"}"#;
+        assert!(matches!(
+            route(&req("PUT", "/network-interfaces/eth0", n)),
+            Ok(ApiRequest::PutNetworkInterface(..))
+        ));
+        assert_eq!(
+            route(&req("GET", "/drives", "")).unwrap(),
+            ApiRequest::GetDrives
+        );
+        assert_eq!(
+            route(&req("GET", "/mmds", "")).unwrap(),
+            ApiRequest::GetImds
+        );
+        assert_eq!(
+            route(&req("DELETE", "/drives/root", ""))
+                .unwrap_err()
+                .status,
+            405
+        );
+        // A trailing slash names the collection, which takes no PUT.
+        assert_eq!(route(&req("PUT", "/drives/", d)).unwrap_err().status, 405);
+        assert_eq!(
+            route(&req("PUT", "/drives/a/b", d)).unwrap_err().status,
+            404
+        );
     }
 
     #[test]
