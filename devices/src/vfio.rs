@@ -13,10 +13,15 @@
 //!   without passing through the VMM.
 //! - Extended capabilities (SR-IOV, ARI, resizable BAR...) are hidden.
 //!
-//! Limits of this first version: every BAR access is trapped (no direct
-//! KVM mapping yet), interrupts of a masked vector are dropped rather than
-//! held pending, and INTx is not wired.
+//! - BARs without MSI-X structures are mmap'ed from VFIO and mapped into
+//!   the guest as KVM memory slots (through [`GuestMemoryMapper`]), so the
+//!   driver's register accesses never exit; the BAR holding the MSI-X
+//!   table/PBA (and BARs smaller than a page) stay trapped.
+//!
+//! Limits: interrupts of a masked vector are dropped rather than held
+//! pending, and INTx is not wired.
 
+use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 
 use vfio_ioctls::VfioDevice;
@@ -30,6 +35,24 @@ const CONFIG_REGION: u32 = 7;
 const BAR0_REG: usize = 0x10;
 const ROM_BAR_REG: usize = 0x30;
 const CAP_PTR_REG: usize = 0x34;
+
+/// Maps host memory into the guest's physical address space (KVM memory
+/// slots), for BARs the guest may touch directly.
+pub trait GuestMemoryMapper: Send + Sync {
+    /// Map `[host, host + size)` at guest physical `gpa`; returns a handle.
+    fn map(&self, gpa: u64, size: u64, host: u64) -> std::io::Result<u32>;
+    fn unmap(&self, handle: u32) -> std::io::Result<()>;
+}
+
+const PAGE_SIZE: u64 = 4096;
+const REGION_FLAG_MMAP: u32 = 4;
+
+/// A BAR mmap'ed from the VFIO device and mapped into the guest.
+struct DirectBar {
+    host: u64,
+    size: u64,
+    handle: Option<u32>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum VfioPciError {
@@ -66,6 +89,8 @@ pub struct VfioPciDevice {
     msix_control: u16,
     vector_fds: Vec<EventFd>,
     name: String,
+    mapper: Option<Arc<dyn GuestMemoryMapper>>,
+    direct: [Option<DirectBar>; NUM_BARS],
 }
 
 /// Probe a BAR's kind and size the way firmware does, through VFIO.
@@ -126,6 +151,7 @@ impl VfioPciDevice {
         msi: Arc<dyn MsiInterrupts>,
         vector_fds: Vec<EventFd>,
         name: String,
+        mapper: Option<Arc<dyn GuestMemoryMapper>>,
     ) -> Result<Self, VfioPciError> {
         let mut table: [Option<VirtualBar>; NUM_BARS] = [None; NUM_BARS];
         for b in bars {
@@ -167,14 +193,80 @@ impl VfioPciDevice {
         };
         // Start from a clean device state.
         device.reset();
-        Ok(Self {
+        let mut dev = Self {
             device,
             bars: table,
             msix,
             msix_control: 0,
             vector_fds,
             name,
-        })
+            mapper,
+            direct: Default::default(),
+        };
+        dev.map_direct_bars();
+        Ok(dev)
+    }
+
+    /// mmap every BAR that may be mapped straight into the guest.
+    fn map_direct_bars(&mut self) {
+        let Some(mapper) = self.mapper.clone() else {
+            return;
+        };
+        let msix_bars: Vec<usize> = self
+            .msix
+            .as_ref()
+            .map(|(l, _)| vec![l.table_bar, l.pba_bar])
+            .unwrap_or_default();
+        for i in 0..NUM_BARS {
+            let Some(vb) = self.bars[i].filter(|vb| vb.bar.index == i) else {
+                continue;
+            };
+            let region = i as u32;
+            let size = self.device.get_region_size(region);
+            if vb.bar.kind == BarKind::Io
+                || msix_bars.contains(&i)
+                || size < PAGE_SIZE
+                || !size.is_multiple_of(PAGE_SIZE)
+                || self.device.get_region_flags(region) & REGION_FLAG_MMAP == 0
+            {
+                continue;
+            }
+            let offset = self.device.get_region_offset(region);
+            // SAFETY: a fresh shared mapping of the VFIO device's region at
+            // its advertised offset; we own it until munmap in Drop.
+            let host = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    size as usize,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_SHARED,
+                    self.device.as_raw_fd(),
+                    offset as libc::off_t,
+                )
+            };
+            if host == libc::MAP_FAILED {
+                log::warn!(
+                    "vfio {}: cannot mmap BAR {i}: {}; it stays trapped",
+                    self.name,
+                    std::io::Error::last_os_error()
+                );
+                continue;
+            }
+            let host = host as u64;
+            let handle = match mapper.map(vb.bar.addr, size, host) {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    log::warn!("vfio {}: cannot map BAR {i} into the guest: {e}", self.name);
+                    None
+                }
+            };
+            log::info!(
+                "vfio {}: BAR {i} ({size:#x} bytes) mapped directly at {:#x}",
+                self.name,
+                vb.bar.addr
+            );
+            self.direct[i] = Some(DirectBar { host, size, handle });
+        }
     }
 
     /// MSI-X vectors the device has (0 without MSI-X).
@@ -233,6 +325,14 @@ impl VfioPciDevice {
 
 impl Drop for VfioPciDevice {
     fn drop(&mut self) {
+        for d in self.direct.iter_mut().filter_map(Option::take) {
+            if let (Some(h), Some(m)) = (d.handle, self.mapper.as_ref()) {
+                let _ = m.unmap(h);
+            }
+            // SAFETY: `host`/`size` describe the mapping made in
+            // map_direct_bars, no longer mapped into the guest.
+            unsafe { libc::munmap(d.host as *mut libc::c_void, d.size as usize) };
+        }
         if self.msix_control & 0x8000 != 0 {
             let _ = self.device.disable_msix();
         }
@@ -344,6 +444,26 @@ impl PciDevice for VfioPciDevice {
             .enumerate()
             .filter_map(|(i, b)| b.filter(|vb| vb.bar.index == i).map(|vb| vb.bar))
             .collect()
+    }
+
+    fn bar_moved(&mut self, mv: &BarMove) {
+        let Some(mapper) = self.mapper.clone() else {
+            return;
+        };
+        let Some(d) = self.direct.get_mut(mv.index).and_then(Option::as_mut) else {
+            return;
+        };
+        if let Some(h) = d.handle.take() {
+            if let Err(e) = mapper.unmap(h) {
+                log::warn!("vfio {}: unmap BAR {}: {e}", self.name, mv.index);
+            }
+        }
+        if mv.new != 0 {
+            match mapper.map(mv.new, d.size, d.host) {
+                Ok(h) => d.handle = Some(h),
+                Err(e) => log::warn!("vfio {}: remap BAR {}: {e}; trapped", self.name, mv.index),
+            }
+        }
     }
 
     fn read_bar(&mut self, bar: usize, offset: u64, data: &mut [u8]) {

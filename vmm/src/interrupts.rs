@@ -169,6 +169,66 @@ impl MsiInterrupts for KvmMsiGroup {
     }
 }
 
+/// KVM memory slots for device memory mapped into the guest (VFIO BARs).
+/// Slots below `first` belong to guest RAM.
+pub struct KvmSlots {
+    vm: Arc<VmFd>,
+    state: Mutex<(u32, Vec<u32>, BTreeMap<u32, u64>)>,
+}
+
+impl KvmSlots {
+    pub fn new(vm: Arc<VmFd>, first: u32) -> Self {
+        Self {
+            vm,
+            state: Mutex::new((first, Vec::new(), BTreeMap::new())),
+        }
+    }
+}
+
+impl devices::vfio::GuestMemoryMapper for KvmSlots {
+    fn map(&self, gpa: u64, size: u64, host: u64) -> io::Result<u32> {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = match s.1.pop() {
+            Some(free) => free,
+            None => {
+                s.0 += 1;
+                s.0 - 1
+            }
+        };
+        let region = kvm_bindings::kvm_userspace_memory_region {
+            slot,
+            guest_phys_addr: gpa,
+            memory_size: size,
+            userspace_addr: host,
+            flags: 0,
+        };
+        // SAFETY: `host` is a live device mapping owned by the caller, who
+        // removes the slot (unmap) before unmapping the memory.
+        unsafe { self.vm.set_user_memory_region(region) }.map_err(|e| {
+            io::Error::other(format!("KVM_SET_USER_MEMORY_REGION slot {slot}: {e}"))
+        })?;
+        s.2.insert(slot, gpa);
+        Ok(slot)
+    }
+
+    fn unmap(&self, slot: u32) -> io::Result<()> {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let gpa = s.2.remove(&slot).unwrap_or(0);
+        let region = kvm_bindings::kvm_userspace_memory_region {
+            slot,
+            guest_phys_addr: gpa,
+            memory_size: 0,
+            userspace_addr: 0,
+            flags: 0,
+        };
+        // SAFETY: a zero-sized region deletes the slot; no memory is touched.
+        unsafe { self.vm.set_user_memory_region(region) }
+            .map_err(|e| io::Error::other(format!("KVM slot {slot} removal: {e}")))?;
+        s.1.push(slot);
+        Ok(())
+    }
+}
+
 /// Registers virtio notification addresses as KVM ioeventfds.
 pub struct KvmIoEvents {
     pub vm: Arc<VmFd>,

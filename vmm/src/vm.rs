@@ -96,6 +96,8 @@ pub struct Vm {
     mmio_allocator: AddressAllocator,
     /// VFIO container and DMA mapping, created with the first VF.
     passthrough: Option<crate::passthrough::Passthrough>,
+    /// KVM memory slots for device BARs mapped into the guest.
+    device_slots: Option<Arc<crate::interrupts::KvmSlots>>,
     mem: GuestMemoryMmap,
     vcpu_fds: Vec<kvm_ioctls::VcpuFd>,
     vcpus: Vec<VcpuHandle>,
@@ -336,6 +338,7 @@ impl Vm {
             pci_resources,
             mmio_allocator,
             passthrough: None,
+            device_slots: None,
             mem,
             vcpu_fds,
             vcpus: Vec::new(),
@@ -525,8 +528,23 @@ impl Vm {
         let msi = KvmMsiGroup::new(Arc::clone(&self.router), &self.vm_fd, vectors)
             .map_err(VmError::Interrupts)?;
         let fds = msi.eventfds().map_err(VmError::Interrupts)?;
-        let dev = VfioPciDevice::new(device, bars.clone(), Arc::new(msi), fds, bdf.to_string())
-            .map_err(|e| VmError::Vfio(e.to_string()))?;
+        // One slot allocator for all passed-through devices; guest RAM
+        // uses one slot per region, from 0.
+        let first_free = self.mem.num_regions() as u32;
+        let vm_fd = Arc::clone(&self.vm_fd);
+        let slots =
+            Arc::clone(self.device_slots.get_or_insert_with(|| {
+                Arc::new(crate::interrupts::KvmSlots::new(vm_fd, first_free))
+            }));
+        let dev = VfioPciDevice::new(
+            device,
+            bars.clone(),
+            Arc::new(msi),
+            fds,
+            bdf.to_string(),
+            Some(slots),
+        )
+        .map_err(|e| VmError::Vfio(e.to_string()))?;
         let slot = self
             .pci
             .lock()

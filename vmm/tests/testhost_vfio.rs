@@ -101,6 +101,10 @@ echo "RELEASED driver=$(basename $(readlink /sys/bus/pci/devices/$VF/driver)) le
         "vmm leased a VF from the pool:\n{all}"
     );
     assert_eq!(field(&out.stdout, "VMM-EXIT"), Some("0"), "{all}");
+    assert!(
+        out.stdout.contains("BAR 0 (0x4000 bytes) mapped directly"),
+        "the register BAR is a KVM memory slot, not trapped:\n{all}"
+    );
     assert_eq!(field(&out.stdout, "DRIVER"), Some("igbvf"), "{all}");
     assert_eq!(
         field(&out.stdout, "MAC"),
