@@ -2,7 +2,7 @@
 //! drives on PCI (virtio_blk from the initramfs), writes a pattern with
 //! dd, syncs, reads it back uncached; after the VMM exits, the test host
 //! reads the same bytes from the backing file. A read-only drive refuses
-//! writes.
+//! writes. A second boot with MSI disabled checks the INTx fallback.
 
 use std::time::Duration;
 
@@ -41,6 +41,24 @@ echo "RO-WRITE-STATUS $?"
         i = sh_quote(&assets.initramfs.to_string_lossy()),
         c = sh_quote(&cmdline),
     );
+    // The same drive with MSI disabled in the guest: virtio-pci falls back to
+    // the legacy INTx line (IOAPIC pin from the DSDT's _PRT) and the ISR.
+    let intx_guest = r#"
+echo "INTX-IRQ $(grep virtio0 /proc/interrupts | grep -c IO-APIC)"
+echo "INTX-READ $(dd if=/dev/vda bs=64k skip=3 count=16 2>/dev/null | md5sum | cut -d' ' -f1)"
+"#;
+    let intx_cmdline = format!(
+        "console=ttyS0 quiet panic=-1 pci=nomsi vmm.run={}",
+        base64(intx_guest.as_bytes())
+    );
+    let script = format!(
+        "{script}; {vmm} --kernel {k} --initrd {i} --mem-mib 256 \
+         --drive id=data,path=/tmp/disk.img --cmdline {c}; echo INTX-EXIT $?",
+        vmm = sh_quote(VMM),
+        k = sh_quote(&assets.vmlinux.to_string_lossy()),
+        i = sh_quote(&assets.initramfs.to_string_lossy()),
+        c = sh_quote(&intx_cmdline),
+    );
     let out = testhost_run(&script, Duration::from_secs(600));
     let all = format!("{}\n--- stderr ---\n{}", out.stdout, out.stderr);
     assert_eq!(out.status, 0, "{all}");
@@ -72,4 +90,15 @@ echo "RO-WRITE-STATUS $?"
         "read-only drive refused the write:\n{all}"
     );
     assert_eq!(field(&out.stdout, "RO-BYTES"), Some("00"), "{all}");
+    assert_eq!(field(&out.stdout, "INTX-EXIT"), Some("0"), "{all}");
+    assert_eq!(
+        field(&out.stdout, "INTX-IRQ"),
+        Some("1"),
+        "virtio on an IO-APIC line:\n{all}"
+    );
+    assert_eq!(
+        field(&out.stdout, "INTX-READ"),
+        Some(wrote),
+        "reads work on INTx:\n{all}"
+    );
 }
