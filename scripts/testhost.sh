@@ -157,6 +157,8 @@ cmd_run() { # MODE(run|shell) ARGS...
     } > "$RUN_DIR/cmd.sh"
 
     local append="console=ttyS0 panic=-1 intel_iommu=on testhost.run=$(printf '%s' "$RUN_DIR" | base64 -w0)"
+    # Keep the repository and cache visible even when they live under /tmp.
+    append+=" testhost.keep=$(printf '%s\n' "$REPO" "$CACHE" | base64 -w0)"
     if [ "${TESTHOST_VERBOSE:-0}" = 1 ]; then append+=" testhost.verbose=1"; else append+=" quiet loglevel=2"; fi
     [ "$mode" = shell ] && append+=" testhost.shell=1"
     append+=" ${TESTHOST_APPEND:-}"

@@ -26,6 +26,7 @@ verbose=0
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
         testhost.run=*) run_b64=${arg#testhost.run=} ;;
+        testhost.keep=*) keep_b64=${arg#testhost.keep=} ;;
         testhost.shell=1) shell=1 ;;
         testhost.verbose=1) verbose=1 ;;
     esac
@@ -66,9 +67,28 @@ mount -t devtmpfs devtmpfs /host/dev
 mkdir -p /host/dev/pts /host/dev/shm
 mount -t devpts devpts /host/dev/pts
 mount -t tmpfs tmpfs /host/dev/shm
+# The repository (and cache) may live under one of those, e.g. a CI clone in
+# /tmp: keep them visible through the tmpfs by binding them aside first and
+# back on top afterwards (testhost.keep= lists them, one per line).
+mkdir -p /keep
+: > /keep/list
+if [ -n "$keep_b64" ]; then
+    i=0
+    for p in $(echo "$keep_b64" | base64 -d); do
+        if [ -d "/host$p" ] && mkdir -p "/keep/$i" && mount --bind "/host$p" "/keep/$i"; then
+            echo "$i $p" >> /keep/list
+        fi
+        i=$((i + 1))
+    done
+fi
 for d in /tmp /run /var/tmp; do
     [ -d "/host$d" ] && mount -t tmpfs -o mode=1777 tmpfs "/host$d"
 done
+while read -r i p; do
+    case "$p" in
+        /tmp/*|/run/*|/var/tmp/*) mkdir -p "/host$p" && mount --bind "/keep/$i" "/host$p" ;;
+    esac
+done < /keep/list
 
 [ -n "$run_b64" ] || bail "no testhost.run= on the kernel command line"
 run_dir=$(echo "$run_b64" | base64 -d)
