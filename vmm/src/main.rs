@@ -133,7 +133,15 @@ fn config_from_flags(cli: &Cli) -> anyhow::Result<Option<VmConfig>> {
         vfs: cli
             .vfs
             .iter()
-            .map(|v| vmm::config::VfConfig::from_cli(v))
+            .enumerate()
+            .map(|(i, v)| {
+                vmm::config::VfConfig::from_cli(v).map(|mut vf| {
+                    if vf.vf_id.is_empty() {
+                        vf.vf_id = format!("vf{i}");
+                    }
+                    vf
+                })
+            })
             .collect::<Result<_, _>>()?,
     }))
 }

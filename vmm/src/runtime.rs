@@ -256,6 +256,7 @@ impl Controller {
             },
             ApiRequest::GetDrives => ApiResponse::ok(json!(self.drives)),
             ApiRequest::GetNetworkInterfaces => ApiResponse::ok(json!(self.net)),
+            ApiRequest::GetVfs => ApiResponse::ok(json!(self.vfs)),
             ApiRequest::GetImds => match &self.imds {
                 Some(r) => ApiResponse::ok(r.clone()),
                 None => ApiResponse::error(404, "no instance metadata configured", None),
@@ -265,6 +266,7 @@ impl Controller {
             | ApiRequest::PutDrive(..)
             | ApiRequest::PutNetworkInterface(..)
             | ApiRequest::PutImds(_)
+            | ApiRequest::PutVf(..)
                 if started =>
             {
                 pre_boot_only("the configuration")
@@ -298,6 +300,14 @@ impl Controller {
                 |n| &n.iface_id,
                 NetConfig::validate,
                 ("network-interfaces", "iface_id"),
+            ),
+            ApiRequest::PutVf(path_id, v) => put_by_id(
+                &mut self.vfs,
+                &path_id,
+                v,
+                |v| &v.vf_id,
+                crate::config::VfConfig::validate,
+                ("vfio-devices", "vf_id"),
             ),
             ApiRequest::PutImds(record) => match crate::config::parse_imds_record(&record) {
                 Ok(_) => {

@@ -359,6 +359,18 @@ fn rest_api_configures_and_starts_the_instance() {
     assert_eq!(st, 400, "incomplete instance record: {err}");
     let (st, _) = api(&sock, "GET", "/imds", None);
     assert_eq!(st, 404);
+    let vf = r#"{"vf_id": "eni0", "pool": "/run/sriov-pool"}"#;
+    let (st, err) = api(&sock, "PUT", "/vfio-devices/eni0", Some(vf));
+    assert_eq!(
+        (st, err["field"].as_str()),
+        (400, Some("mac")),
+        "a pool lease needs the ENI's MAC"
+    );
+    let vf = r#"{"vf_id": "eni0", "bdf": "0000:01:10.0"}"#;
+    let (st, err) = api(&sock, "PUT", "/vfio-devices/eni1", Some(vf));
+    assert_eq!((st, err["field"].as_str()), (400, Some("vf_id")));
+    let (st, vfs) = api(&sock, "GET", "/vfio-devices", None);
+    assert_eq!((st, vfs.as_array().map(Vec::len)), (200, Some(0)));
     let (st, cfg) = api(&sock, "GET", "/machine-config", None);
     assert_eq!((st, cfg["vcpu_count"].as_u64()), (200, Some(2)));
     let (st, _) = api(

@@ -42,6 +42,9 @@ pub enum ApiRequest {
     GetDrives,
     GetNetworkInterfaces,
     GetImds,
+    GetVfs,
+    /// (id from the path, body)
+    PutVf(String, crate::config::VfConfig),
     /// The instance record (imds crate format), checked on the VMM thread.
     PutImds(serde_json::Value),
     /// (id from the path, body)
@@ -132,9 +135,18 @@ pub fn route(req: &Request) -> Result<ApiRequest, ApiResponse> {
             "GET" => Ok(ApiRequest::GetNetworkInterfaces),
             _ => Err(not_allowed()),
         },
+        "/vfio-devices" => match method {
+            "GET" => Ok(ApiRequest::GetVfs),
+            _ => Err(not_allowed()),
+        },
         "/imds" | "/mmds" => match method {
             "GET" => Ok(ApiRequest::GetImds),
             "PUT" => parse_body::<serde_json::Value>(&req.body, "imds").map(ApiRequest::PutImds),
+            _ => Err(not_allowed()),
+        },
+        p if keyed(p, "/vfio-devices/").is_some() => match (keyed(p, "/vfio-devices/"), method) {
+            (Some(id), "PUT") => parse_body::<crate::config::VfConfig>(&req.body, "vfio-device")
+                .map(|v| ApiRequest::PutVf(id.to_string(), v)),
             _ => Err(not_allowed()),
         },
         p => match (

@@ -443,6 +443,10 @@ impl DriveConfig {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VfConfig {
+    /// Names the VF in the API (`/vfio-devices/{vf_id}`); `vf<N>` by
+    /// default, N its position.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub vf_id: String,
     /// `dddd:bb:ss.f`
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bdf: Option<String>,
@@ -462,6 +466,7 @@ impl VfConfig {
     pub fn from_cli(spec: &str) -> Result<Self, ConfigError> {
         if !spec.contains('=') {
             return Ok(Self {
+                vf_id: String::new(),
                 bdf: Some(spec.to_string()),
                 pool: None,
                 mac: None,
@@ -469,6 +474,7 @@ impl VfConfig {
             });
         }
         let mut vf = Self {
+            vf_id: String::new(),
             bdf: None,
             pool: None,
             mac: None,
@@ -482,11 +488,12 @@ impl VfConfig {
                 "pool" => vf.pool = Some(PathBuf::from(v)),
                 "mac" => vf.mac = Some(v.to_string()),
                 "instance" => vf.instance_id = Some(v.to_string()),
+                "id" => vf.vf_id = v.to_string(),
                 "bdf" => vf.bdf = Some(v.to_string()),
                 other => {
                     return Err(ConfigError::new(
                         "--vf",
-                        format!("unknown key {other:?} (known: pool, mac, instance, bdf)"),
+                        format!("unknown key {other:?} (known: pool, mac, instance, bdf, id)"),
                     ))
                 }
             }
@@ -497,6 +504,18 @@ impl VfConfig {
 
 impl VfConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.vf_id.is_empty()
+            && (self.vf_id.len() > 64
+                || !self
+                    .vf_id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+        {
+            return Err(ConfigError::new(
+                "vf_id",
+                "must be 1-64 characters of [A-Za-z0-9_-]",
+            ));
+        }
         match (&self.bdf, &self.pool) {
             (Some(_), Some(_)) => {
                 return Err(ConfigError::new("pool", "give bdf or pool, not both"))
