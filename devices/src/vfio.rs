@@ -18,8 +18,9 @@
 //!   driver's register accesses never exit; the BAR holding the MSI-X
 //!   table/PBA (and BARs smaller than a page) stay trapped.
 //!
-//! Limits: interrupts of a masked vector are dropped rather than held
-//! pending, and INTx is not wired.
+//! Masking: a masked vector's eventfd is detached from KVM (by the VMM's
+//! `MsiInterrupts`), so what the device signals meanwhile stays counted
+//! and is delivered on unmask. INTx is not wired.
 
 use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};

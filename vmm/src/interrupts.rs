@@ -122,31 +122,34 @@ impl GsiRouter {
 /// One device's MSI-X vectors: a GSI and an irqfd each.
 pub struct KvmMsiGroup {
     router: Arc<GsiRouter>,
+    vm: Arc<VmFd>,
     gsis: Vec<u32>,
     irqfds: Vec<EventFd>,
+    /// Whether vector i's eventfd is attached to KVM right now. A masked
+    /// (or disabled) vector is detached, so whatever its source signals
+    /// meanwhile (a VFIO device keeps signalling) stays counted in the
+    /// eventfd: KVM delivers it when the irqfd is attached again on
+    /// unmask. That is MSI-X's "pending while masked".
+    attached: Mutex<Vec<bool>>,
 }
 
 impl KvmMsiGroup {
-    pub fn new(router: Arc<GsiRouter>, vm: &VmFd, vectors: u16) -> io::Result<Self> {
+    pub fn new(router: Arc<GsiRouter>, vm: &Arc<VmFd>, vectors: u16) -> io::Result<Self> {
         let mut gsis = Vec::new();
         let mut irqfds = Vec::new();
         for _ in 0..vectors {
-            let gsi = router.allocate_gsi();
-            let evt = EventFd::new(libc::EFD_NONBLOCK)?;
-            vm.register_irqfd(&evt, gsi)
-                .map_err(|e| io::Error::other(format!("KVM_IRQFD for GSI {gsi}: {e}")))?;
-            gsis.push(gsi);
-            irqfds.push(evt);
+            gsis.push(router.allocate_gsi());
+            irqfds.push(EventFd::new(libc::EFD_NONBLOCK)?);
         }
         Ok(Self {
             router,
+            vm: Arc::clone(vm),
+            attached: Mutex::new(vec![false; gsis.len()]),
             gsis,
             irqfds,
         })
     }
-}
 
-impl KvmMsiGroup {
     /// The vectors' irqfds, for a device that signals them directly (VFIO).
     pub fn eventfds(&self) -> io::Result<Vec<EventFd>> {
         self.irqfds.iter().map(|e| e.try_clone()).collect()
@@ -155,10 +158,34 @@ impl KvmMsiGroup {
 
 impl MsiInterrupts for KvmMsiGroup {
     fn update(&self, vector: u16, msg: Option<MsiMessage>) -> io::Result<()> {
-        match self.gsis.get(usize::from(vector)) {
-            Some(&gsi) => self.router.set_msi_route(gsi, msg),
-            None => Err(io::Error::other(format!("no MSI-X vector {vector}"))),
+        let v = usize::from(vector);
+        let (Some(&gsi), Some(evt)) = (self.gsis.get(v), self.irqfds.get(v)) else {
+            return Err(io::Error::other(format!("no MSI-X vector {vector}")));
+        };
+        let mut attached = self.attached.lock().unwrap_or_else(|e| e.into_inner());
+        match msg {
+            Some(m) => {
+                // Route first, then attach: an event counted while detached
+                // is delivered by KVM at attach time, to the new address.
+                self.router.set_msi_route(gsi, Some(m))?;
+                if !attached[v] {
+                    self.vm
+                        .register_irqfd(evt, gsi)
+                        .map_err(|e| io::Error::other(format!("KVM_IRQFD for GSI {gsi}: {e}")))?;
+                    attached[v] = true;
+                }
+            }
+            None => {
+                if attached[v] {
+                    self.vm.unregister_irqfd(evt, gsi).map_err(|e| {
+                        io::Error::other(format!("KVM_IRQFD deassign GSI {gsi}: {e}"))
+                    })?;
+                    attached[v] = false;
+                }
+                self.router.set_msi_route(gsi, None)?;
+            }
         }
+        Ok(())
     }
 
     fn fire(&self, vector: u16) -> io::Result<()> {
@@ -251,6 +278,42 @@ impl IoEventRegistry for KvmIoEvents {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// On a real KVM VM: while a vector is attached, KVM consumes what is
+    /// signalled on its eventfd; while masked (detached), signals stay
+    /// counted for delivery at unmask.
+    #[test]
+    fn masked_vectors_keep_their_signals_counted() {
+        let kvm = kvm_ioctls::Kvm::new().unwrap();
+        let vm = Arc::new(kvm.create_vm().unwrap());
+        vm.create_irq_chip().unwrap();
+        let router = Arc::new(GsiRouter::new(Arc::clone(&vm)).unwrap());
+        let group = KvmMsiGroup::new(router, &vm, 2).unwrap();
+        let fds = group.eventfds().unwrap();
+        let msg = MsiMessage {
+            address: 0xfee0_0000,
+            data: 0x41,
+        };
+        group.update(0, Some(msg)).unwrap();
+        fds[0].write(1).unwrap();
+        // KVM's irqfd reads the counter as soon as it is signalled.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert!(fds[0].read().is_err(), "attached: KVM consumed the signal");
+        group.update(0, None).unwrap();
+        fds[0].write(1).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert_eq!(
+            fds[0].read().unwrap(),
+            1,
+            "masked: the signal stays pending"
+        );
+        // Unmask twice in a row is fine; a vector never routed stays detached.
+        group.update(0, Some(msg)).unwrap();
+        group.update(0, Some(msg)).unwrap();
+        fds[1].write(1).unwrap();
+        assert_eq!(fds[1].read().unwrap(), 1);
+        assert!(group.update(7, None).is_err());
+    }
 
     #[test]
     fn legacy_table_matches_the_madt() {
