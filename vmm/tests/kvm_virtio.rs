@@ -120,11 +120,11 @@ fn test_driver_reads_and_writes_a_file_through_virtio_pci() {
     assert_eq!(config_read32(&vm, 1, 0), 0x1042_1af4);
     assert_eq!(config_read32(&vm, 1, 0x08) >> 24, 0x01);
     assert_eq!(config_read32(&vm, 2, 0), 0xffff_ffff, "nothing in slot 2");
-    let bar_lo = config_read32(&vm, 1, 0x10);
-    assert_eq!(bar_lo & 0x6, 0x4, "64-bit memory BAR");
-    let base = u64::from(bar_lo & !0xf) | (u64::from(config_read32(&vm, 1, 0x14)) << 32);
-    config_write16(&vm, 1, 0x04, 0x6); // memory decode + bus master
-    let bar = Bar0 { vm: &vm, base };
+    assert_eq!(config_read32(&vm, 1, 0x10) & 0x6, 0x4, "64-bit memory BAR");
+    let bar = Bar0 {
+        vm: &vm,
+        base: bar0(&vm),
+    };
 
     // Feature negotiation.
     bar.w8(0x14, 0); // reset
@@ -145,14 +145,7 @@ fn test_driver_reads_and_writes_a_file_through_virtio_pci() {
     assert_eq!(bar.r32(0x2000), 2048);
 
     // One queue of 16 in guest memory.
-    let vq = MockSplitQueue::create(vm.memory(), GuestAddress(0x10_0000), 16);
-    bar.w16(0x16, 0);
-    bar.w16(0x18, 16);
-    bar.w64(0x20, vq.desc_table_addr().0);
-    bar.w64(0x28, vq.avail_addr().0);
-    bar.w64(0x30, vq.used_addr().0);
-    bar.w16(0x1c, 1);
-    bar.w8(0x14, 1 | 2 | 8 | 4); // DRIVER_OK
+    let vq = set_up_queue(&vm, &bar, 16);
     assert_eq!(bar.r8(0x14) & 0x40, 0, "device did not ask for a reset");
 
     // WRITE 1 KiB at sector 8.
@@ -228,27 +221,41 @@ fn test_driver_reads_and_writes_a_file_through_virtio_pci() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Find the device in slot 1 and bring it to DRIVER_OK with one queue of
-/// 64 at 1 MiB in guest memory. Returns BAR 0's address.
-fn bring_up(vm: &Vm) -> (u64, MockSplitQueue<'_, vm_memory::GuestMemoryMmap>) {
+/// BAR 0 of the function in slot 1, with memory decode and bus master on.
+fn bar0(vm: &Vm) -> u64 {
     let bar_lo = config_read32(vm, 1, 0x10);
-    let base = u64::from(bar_lo & !0xf) | (u64::from(config_read32(vm, 1, 0x14)) << 32);
-    config_write16(vm, 1, 0x04, 0x6);
+    config_write16(vm, 1, 0x04, 0x6); // memory decode + bus master
+    u64::from(bar_lo & !0xf) | (u64::from(config_read32(vm, 1, 0x14)) << 32)
+}
+
+/// Queue 0 of `size` at 1 MiB in guest memory, then DRIVER_OK.
+fn set_up_queue<'a>(
+    vm: &'a Vm,
+    bar: &Bar0<'_>,
+    size: u16,
+) -> MockSplitQueue<'a, vm_memory::GuestMemoryMmap> {
+    let vq = MockSplitQueue::create(vm.memory(), GuestAddress(0x10_0000), size);
+    bar.w16(0x16, 0);
+    bar.w16(0x18, size);
+    bar.w64(0x20, vq.desc_table_addr().0);
+    bar.w64(0x28, vq.avail_addr().0);
+    bar.w64(0x30, vq.used_addr().0);
+    bar.w16(0x1c, 1);
+    bar.w8(0x14, 1 | 2 | 8 | 4); // DRIVER_OK
+    vq
+}
+
+/// Bring the device in slot 1 to DRIVER_OK (VERSION_1 only) with one
+/// queue of 64. Returns BAR 0's address.
+fn bring_up(vm: &Vm) -> (u64, MockSplitQueue<'_, vm_memory::GuestMemoryMmap>) {
+    let base = bar0(vm);
     let bar = Bar0 { vm, base };
     bar.w8(0x14, 0);
     bar.w8(0x14, 1 | 2);
     bar.w32(0x08, 1);
     bar.w32(0x0c, 1);
     bar.w8(0x14, 1 | 2 | 8);
-    let vq = MockSplitQueue::create(vm.memory(), GuestAddress(0x10_0000), 64);
-    bar.w16(0x16, 0);
-    bar.w16(0x18, 64);
-    bar.w64(0x20, vq.desc_table_addr().0);
-    bar.w64(0x28, vq.avail_addr().0);
-    bar.w64(0x30, vq.used_addr().0);
-    bar.w16(0x1c, 1);
-    bar.w8(0x14, 1 | 2 | 8 | 4);
-    (base, vq)
+    (base, set_up_queue(vm, &bar, 64))
 }
 
 /// An ops limit of 10/s: 20 writes submitted at once cannot finish in
