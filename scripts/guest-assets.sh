@@ -8,6 +8,8 @@
 #   vmlinux              ELF kernel extracted from the bzImage payload (for ELF/PVH loaders)
 #   initramfs.cpio.gz    busybox-static, /init (scripts/guest-init/guest-init.sh),
 #                        /bin/boot-timer, virtio/igbvf modules
+#   initramfs-tools.cpio.gz  the same plus curl, fio, iperf3 and sockperf with their
+#                        shared libraries (IMDS test with curl, bench-blk/bench-net)
 #   kernel-release       uname -r of that kernel
 # Idempotent: only missing or stale outputs are rebuilt; --force rebuilds everything.
 # See docs/test-host.md.
@@ -149,4 +151,27 @@ if [ "$FORCE" = 1 ] || [ ! -s "$GUEST/initramfs.cpio.gz" ] \
     printf '%s\n' "$STAMP" > "$GUEST/initramfs.stamp"
 fi
 
-log "ready: $GUEST/{vmlinuz,vmlinux,initramfs.cpio.gz} ($(du -h "$GUEST/initramfs.cpio.gz" | cut -f1) initramfs)"
+# ---- tools initramfs: the same, plus curl and the benchmark tools --------------------
+# For tests that need a real HTTP client (curl against IMDS) and for scripts/bench-blk.sh
+# and bench-net.sh (fio, iperf3, sockperf). Binaries and their shared libraries come from
+# the Debian packages installed on this machine (scripts/setup/vmm.sh); fio's libraries
+# are large (~80 MiB), so the plain initramfs stays small for the boot tests.
+GUEST_TOOLS="curl fio iperf3 sockperf"
+# The package names equal the binary names; their versions are part of the stamp.
+TOOLS_STAMP=$(inputs_hash <(echo "$STAMP") <(dpkg-query -W $GUEST_TOOLS 2>&1))
+if [ "$FORCE" = 1 ] || [ ! -s "$GUEST/initramfs-tools.cpio.gz" ] \
+        || [ "$(cat "$GUEST/initramfs-tools.stamp" 2>/dev/null)" != "$TOOLS_STAMP" ]; then
+    log "building initramfs-tools.cpio.gz ($GUEST_TOOLS)"
+    root=$GUEST/build/initramfs-tools
+    rm -rf "$root"
+    initramfs_skeleton "$root"
+    busybox_stage "$root"
+    kmod_stage "$root" $GUEST_MODULES
+    cp "$BT_BIN" "$root/bin/boot-timer"
+    install -m 755 "$INIT" "$root/init"
+    tools_stage "$root" $GUEST_TOOLS
+    cpio_pack "$root" "$GUEST/initramfs-tools.cpio.gz"
+    printf '%s\n' "$TOOLS_STAMP" > "$GUEST/initramfs-tools.stamp"
+fi
+
+log "ready: $GUEST/{vmlinuz,vmlinux,initramfs.cpio.gz,initramfs-tools.cpio.gz} ($(du -h "$GUEST/initramfs.cpio.gz" | cut -f1) initramfs)"

@@ -30,6 +30,8 @@ pub struct GuestAssets {
     /// The same kernel as Debian ships it (bzImage).
     pub bzimage: PathBuf,
     pub initramfs: PathBuf,
+    /// The same plus curl, fio, iperf3 and sockperf (larger: give the guest >= 512 MiB).
+    pub tools_initramfs: PathBuf,
 }
 
 pub fn guest_assets() -> GuestAssets {
@@ -38,8 +40,14 @@ pub fn guest_assets() -> GuestAssets {
         vmlinux: dir.join("vmlinux"),
         bzimage: dir.join("vmlinuz"),
         initramfs: dir.join("initramfs.cpio.gz"),
+        tools_initramfs: dir.join("initramfs-tools.cpio.gz"),
     };
-    for p in [&assets.vmlinux, &assets.bzimage, &assets.initramfs] {
+    for p in [
+        &assets.vmlinux,
+        &assets.bzimage,
+        &assets.initramfs,
+        &assets.tools_initramfs,
+    ] {
         assert!(
             p.is_file(),
             "guest asset {} is missing: run scripts/guest-assets.sh (or scripts/test.sh)",

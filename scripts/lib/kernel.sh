@@ -131,3 +131,22 @@ cpio_pack() {
 
 # Inputs fingerprint: rebuild a derived file when any input changed (script, init, kernel).
 inputs_hash() { cat "$@" | sha256sum | cut -c1-16; }
+
+# tools_stage DEST BIN... : dynamically linked host binaries (installed from Debian
+# packages) with every shared library ldd resolves for them, under the same paths, plus an
+# ld.so.cache built for DEST so the guest's loader finds them without LD_LIBRARY_PATH.
+tools_stage() {
+    local dest=$1 bin path lib
+    shift
+    mkdir -p "$dest/bin" "$dest/etc"
+    for bin in "$@"; do
+        path=$(command -v "$bin") || die "$bin not installed (scripts/setup/vmm.sh installs it)"
+        cp -L "$path" "$dest/bin/$bin"
+        for lib in $(ldd "$path" | awk '/=> \// { print $3 } /^\t\/lib/ { print $1 }'); do
+            mkdir -p "$dest$(dirname "$lib")"
+            [ -e "$dest$lib" ] || cp -L "$lib" "$dest$lib"
+        done
+    done
+    printf '%s\n' /lib/x86_64-linux-gnu /usr/lib/x86_64-linux-gnu > "$dest/etc/ld.so.conf"
+    ldconfig -r "$dest" 2>/dev/null || die "ldconfig -r $dest failed"
+}

@@ -52,6 +52,11 @@ echo "LOCALIP $(wget -q -O - http://169.254.169.254/latest/meta-data/local-ipv4)
 T=$(printf 'PUT /latest/api/token HTTP/1.1\r\nHost: 169.254.169.254\r\nX-aws-ec2-metadata-token-ttl-seconds: 60\r\nConnection: close\r\n\r\n' | nc 169.254.169.254 80 | tail -n 1)
 echo "TOKLEN ${#T}"
 echo "V2IID $(wget -q -O - --header "X-aws-ec2-metadata-token: $T" http://169.254.169.254/latest/meta-data/instance-id)"
+# The issue's client: curl, as a user's scripts and cloud-init's helpers do it (IMDSv2).
+CT=$(curl -sS -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 21600' http://169.254.169.254/latest/api/token)
+echo "CURLTOKLEN ${#CT}"
+echo "CURLIID $(curl -sS -H "X-aws-ec2-metadata-token: $CT" http://169.254.169.254/latest/meta-data/instance-id)"
+echo "CURLNOTOKEN $(curl -s -o /dev/null -w '%{http_code}' -H 'X-aws-ec2-metadata-token: bogus' http://169.254.169.254/latest/meta-data/instance-id)"
 "#;
     let cmdline = format!(
         "console=ttyS0 quiet panic=-1 vmm.run={}",
@@ -59,12 +64,12 @@ echo "V2IID $(wget -q -O - --header "X-aws-ec2-metadata-token: $T" http://169.25
     );
     let script = format!(
         "ip tuntap add tap0 mode tap vnet_hdr && ip addr add 172.31.16.1/20 dev tap0 && ip link set tap0 up && \
-         {vmm} --kernel {k} --initrd {i} --mem-mib 256 \
+         {vmm} --kernel {k} --initrd {i} --mem-mib 512 \
          --net tap=tap0,mac=02:00:ac:1f:10:0a,ip=172.31.16.10/20,mtu=1400 \
          --imds {r} --cmdline {c}; echo VMM-EXIT $?",
         vmm = sh_quote(VMM),
         k = sh_quote(&assets.vmlinux.to_string_lossy()),
-        i = sh_quote(&assets.initramfs.to_string_lossy()),
+        i = sh_quote(&assets.tools_initramfs.to_string_lossy()),
         r = sh_quote(&record.to_string_lossy()),
         c = sh_quote(&cmdline),
     );
@@ -86,5 +91,19 @@ echo "V2IID $(wget -q -O - --header "X-aws-ec2-metadata-token: $T" http://169.25
         field(&out.stdout, "V2IID"),
         Some("i-0123456789abcdef0"),
         "IMDSv2:\n{all}"
+    );
+    let curl_toklen: usize = field(&out.stdout, "CURLTOKLEN")
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0);
+    assert!(curl_toklen >= 32, "curl got a token:\n{all}");
+    assert_eq!(
+        field(&out.stdout, "CURLIID"),
+        Some("i-0123456789abcdef0"),
+        "IMDSv2 with curl:\n{all}"
+    );
+    assert_eq!(
+        field(&out.stdout, "CURLNOTOKEN"),
+        Some("401"),
+        "a bad token is refused:\n{all}"
     );
 }
