@@ -111,6 +111,7 @@ impl ApiResponse {
     fn from_control_error(error: &ControlError) -> Self {
         let status = match error {
             ControlError::ResourceNotFound(_) => 404,
+            ControlError::Conflict(_) => 409,
             error if error.is_client_error() => 400,
             _ => 500,
         };
@@ -165,11 +166,33 @@ pub fn handle(service: &Arc<Service>, request: &ApiRequest) -> ApiResponse {
             }
         }
         (_, path) if path.starts_with("/snapshots") => direct::route(service, request),
+        ("POST", "/test/clock/advance") => advance_test_clock(service, request.body),
         (method, path) => ApiResponse::error(
             404,
             "NotFound",
             &format!("no route for {method} {path}; actions are POST /v1/<Action>"),
         ),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+struct AdvanceClockRequest {
+    seconds: f64,
+}
+
+/// `POST /test/clock/advance {"Seconds": N}`: only with `ebsd serve --test-clock`.
+fn advance_test_clock(service: &Service, body: &[u8]) -> ApiResponse {
+    let request: AdvanceClockRequest = match parse(body) {
+        Ok(request) => request,
+        Err(response) => return response,
+    };
+    if !request.seconds.is_finite() || request.seconds < 0.0 {
+        return ApiResponse::error(400, "InvalidParameterValue", "Seconds must be >= 0");
+    }
+    match service.advance_test_clock(std::time::Duration::from_secs_f64(request.seconds)) {
+        Ok(now) => ApiResponse::json(200, &json!({ "Now": now })),
+        Err(error) => ApiResponse::error(404, "NotFound", &error.to_string()),
     }
 }
 

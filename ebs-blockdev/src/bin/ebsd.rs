@@ -53,6 +53,10 @@ struct ServeArgs {
     /// Default: DATA_DIR/kms-keys.json.
     #[arg(long)]
     kms_key_file: Option<PathBuf>,
+    /// For tests: the control plane's clock (StartSnapshot timeouts, ModifyVolume phases
+    /// and cooldown) moves only through `POST /test/clock/advance {"Seconds": N}`.
+    #[arg(long, hide = true)]
+    test_clock: bool,
     /// API worker threads.
     #[arg(long, default_value_t = 4)]
     api_workers: usize,
@@ -127,8 +131,10 @@ fn serve(args: ServeArgs) -> Result<()> {
         nbd_endpoints: advertised.clone(),
         snapshot_store: args.snapshot_store.clone(),
         kms_key_file: args.kms_key_file.clone(),
+        test_clock: args.test_clock,
     })
     .with_context(|| format!("open data directory {}", args.data_dir.display()))?;
+    service.spawn_housekeeping();
     let nbd = NbdServer::new(Arc::clone(&service) as _);
     for listener in unix_listeners {
         let nbd = Arc::clone(&nbd);

@@ -47,6 +47,9 @@ pub enum ControlError {
     Unsupported(String),
     #[error("{0}")]
     IdempotentParameterMismatch(String),
+    /// EBS direct APIs: a ClientToken reused with other parameters.
+    #[error("{0}")]
+    Conflict(String),
     /// EBS direct APIs: a request that fails validation.
     #[error("{0}")]
     Validation(String),
@@ -74,6 +77,7 @@ impl ControlError {
             ControlError::SnapshotNotFound(_) => "InvalidSnapshot.NotFound",
             ControlError::Unsupported(_) => "UnsupportedOperation",
             ControlError::IdempotentParameterMismatch(_) => "IdempotentParameterMismatch",
+            ControlError::Conflict(_) => "ConflictException",
             ControlError::Validation(_) => "ValidationException",
             ControlError::ResourceNotFound(_) => "ResourceNotFoundException",
             ControlError::Internal(_) => "InternalError",

@@ -100,9 +100,49 @@ pub fn validate_snapshot_id(snapshot_id: &str) -> Result<(), ControlError> {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct SnapshotTable {
     records: BTreeMap<String, Snapshot>,
+    /// StartSnapshot ClientToken -> (snapshot id, the request's other fields as JSON).
+    #[serde(default)]
+    client_tokens: BTreeMap<String, (String, String)>,
+}
+
+/// EBS's ClientToken: up to 64 ASCII characters.
+pub fn validate_client_token(token: &str) -> Result<(), ControlError> {
+    if token.is_empty() || token.len() > 64 || !token.is_ascii() {
+        return Err(ControlError::Validation(
+            "ClientToken must be 1 to 64 ASCII characters".into(),
+        ));
+    }
+    Ok(())
 }
 
 impl SnapshotTable {
+    /// The snapshot an earlier StartSnapshot with `token` made, if its parameters
+    /// (`fingerprint`) are the same; other parameters are a ConflictException, as in
+    /// the EBS direct APIs.
+    pub fn find_by_client_token(
+        &self,
+        token: &str,
+        fingerprint: &str,
+    ) -> Result<Option<Snapshot>, ControlError> {
+        let Some((snapshot_id, recorded)) = self.client_tokens.get(token) else {
+            return Ok(None);
+        };
+        if recorded != fingerprint {
+            return Err(ControlError::Conflict(format!(
+                "ClientToken {token} was already used by a StartSnapshot request with \
+                 different parameters"
+            )));
+        }
+        Ok(self.records.get(snapshot_id).cloned())
+    }
+
+    pub fn remember_client_token(&mut self, token: &str, snapshot_id: &str, fingerprint: &str) {
+        self.client_tokens.insert(
+            token.to_string(),
+            (snapshot_id.to_string(), fingerprint.to_string()),
+        );
+    }
+
     pub fn get(&self, snapshot_id: &str) -> Result<&Snapshot, ControlError> {
         validate_snapshot_id(snapshot_id)?;
         self.records
@@ -163,9 +203,13 @@ impl SnapshotTable {
                 "Snapshot {snapshot_id} is still pending"
             )));
         }
-        self.records
+        let removed = self
+            .records
             .remove(snapshot_id)
-            .ok_or_else(|| ControlError::SnapshotNotFound(snapshot_id.to_string()))
+            .ok_or_else(|| ControlError::SnapshotNotFound(snapshot_id.to_string()))?;
+        self.client_tokens
+            .retain(|_, (recorded_id, _)| recorded_id != snapshot_id);
+        Ok(removed)
     }
 
     pub fn all(&self) -> impl Iterator<Item = &Snapshot> {

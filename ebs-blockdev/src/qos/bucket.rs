@@ -32,6 +32,22 @@ impl Clock for MonotonicClock {
     }
 }
 
+/// Wall-clock time since the Unix epoch, for deadlines that must hold across restarts
+/// (snapshot timeouts, modification phases and cooldowns, credits accrued while down).
+#[derive(Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Duration {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+    }
+    fn sleep(&self, duration: Duration) {
+        std::thread::sleep(duration);
+    }
+}
+
 /// A clock that only moves when told to (or when something sleeps on it).
 #[derive(Default)]
 pub struct FakeClock {
@@ -39,6 +55,13 @@ pub struct FakeClock {
 }
 
 impl FakeClock {
+    /// A fake clock that starts at `now` (e.g. the real wall-clock time).
+    pub fn starting_at(now: Duration) -> Self {
+        FakeClock {
+            now: Mutex::new(now),
+        }
+    }
+
     pub fn advance(&self, duration: Duration) {
         *self
             .now

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 pub use accounting::IoAccountant;
-pub use bucket::{Clock, FakeClock, MonotonicClock, TokenBucket};
+pub use bucket::{Clock, FakeClock, MonotonicClock, SystemClock, TokenBucket};
 
 use crate::control::{VolumePerformance, VolumeType};
 use crate::nbd::{IoDirection, IoThrottle};

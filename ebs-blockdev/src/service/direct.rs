@@ -3,13 +3,14 @@
 //! Block tokens are the blocks' SHA-256 addresses.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::Service;
 use crate::control::ids::format_rfc3339;
-use crate::control::snapshot::{Snapshot, SnapshotState, LOCAL_OWNER_ID};
+use crate::control::snapshot::{validate_client_token, Snapshot, SnapshotState, LOCAL_OWNER_ID};
 use crate::control::volume_type::GIB;
 use crate::control::ControlError;
 use crate::engine::BLOCK_SIZE;
@@ -26,9 +27,17 @@ pub(super) struct DirectUpload {
     blocks: BTreeMap<u64, String>,
     /// Blocks put in this upload.
     written: BTreeMap<u64, String>,
+    /// How long the upload may go without a new block before it is cancelled.
+    timeout: Duration,
+    /// Wall-clock time (since the Unix epoch) at which it is cancelled unless completed;
+    /// each PutSnapshotBlock moves it to `timeout` from then.
+    deadline: Duration,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+/// StartSnapshot's Timeout when none is given, in minutes (as in EBS).
+pub const DEFAULT_TIMEOUT_MINUTES: u32 = 60;
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(rename_all = "PascalCase", deny_unknown_fields)]
 pub struct StartSnapshotRequest {
     pub volume_size: u64,
@@ -74,6 +83,28 @@ impl Page {
     }
 }
 
+/// StartSnapshot's reply for a snapshot (also for a repeated ClientToken).
+fn start_response(snapshot: &Snapshot, parent_snapshot_id: Option<&str>) -> Value {
+    let status = serde_json::to_value(snapshot.state).unwrap_or(Value::Null);
+    json!({
+        "SnapshotId": snapshot.snapshot_id,
+        "OwnerId": LOCAL_OWNER_ID,
+        "Status": status,
+        "StartTime": snapshot.start_time,
+        "VolumeSize": snapshot.volume_size,
+        "BlockSize": BLOCK_SIZE,
+        "Description": snapshot.description,
+        "ParentSnapshotId": parent_snapshot_id,
+        "KmsKeyArn": snapshot.kms_key_id,
+    })
+}
+
+fn not_being_written(snapshot_id: &str) -> ControlError {
+    ControlError::ResourceNotFound(format!(
+        "No snapshot {snapshot_id} is being written (unknown, completed, or cancelled)"
+    ))
+}
+
 fn expiry_time() -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -114,18 +145,35 @@ impl Service {
                 request.volume_size
             )));
         }
-        if let Some(timeout) = request.timeout {
-            if !(10..=4_320).contains(&timeout) {
-                return Err(validation(format!(
-                    "Timeout {timeout} must be between 10 and 4320 minutes"
-                )));
-            }
+        let timeout_minutes = request.timeout.unwrap_or(DEFAULT_TIMEOUT_MINUTES);
+        if !(10..=4_320).contains(&timeout_minutes) {
+            return Err(validation(format!(
+                "Timeout {timeout_minutes} must be between 10 and 4320 minutes"
+            )));
         }
         if request.encrypted == Some(true) || request.kms_key_arn.is_some() {
             return Err(ControlError::Unsupported(
                 "encrypted snapshots cannot be written through the direct APIs here".into(),
             ));
         }
+        let fingerprint = match &request.client_token {
+            Some(token) => {
+                validate_client_token(token)?;
+                let mut without_token = request.clone();
+                without_token.client_token = None;
+                let fingerprint = serde_json::to_string(&without_token)
+                    .map_err(|error| ControlError::Internal(error.to_string()))?;
+                let state = self.lock();
+                if let Some(earlier) = state.snapshots.find_by_client_token(token, &fingerprint)? {
+                    return Ok(start_response(
+                        &earlier,
+                        request.parent_snapshot_id.as_deref(),
+                    ));
+                }
+                Some(fingerprint)
+            }
+            None => None,
+        };
         let blocks = match &request.parent_snapshot_id {
             Some(parent_id) => {
                 let (parent, manifest) = self.completed_manifest(parent_id)?;
@@ -140,6 +188,15 @@ impl Service {
             None => BTreeMap::new(),
         };
         let mut state = self.lock();
+        // Checked again under the lock: a retry may have raced this request.
+        if let (Some(token), Some(fingerprint)) = (&request.client_token, &fingerprint) {
+            if let Some(earlier) = state.snapshots.find_by_client_token(token, fingerprint)? {
+                return Ok(start_response(
+                    &earlier,
+                    request.parent_snapshot_id.as_deref(),
+                ));
+            }
+        }
         let snapshot = state.snapshots.insert_pending(
             "",
             request.volume_size,
@@ -147,6 +204,12 @@ impl Service {
             false,
             None,
         );
+        if let (Some(token), Some(fingerprint)) = (&request.client_token, &fingerprint) {
+            state
+                .snapshots
+                .remember_client_token(token, &snapshot.snapshot_id, fingerprint);
+        }
+        let timeout = Duration::from_secs(u64::from(timeout_minutes) * 60);
         state.direct_uploads.insert(
             snapshot.snapshot_id.clone(),
             DirectUpload {
@@ -154,19 +217,56 @@ impl Service {
                 parent_snapshot_id: request.parent_snapshot_id.clone(),
                 blocks,
                 written: BTreeMap::new(),
+                timeout,
+                deadline: self.wall.now() + timeout,
             },
         );
         self.persist(&state)?;
-        Ok(json!({
-            "SnapshotId": snapshot.snapshot_id,
-            "OwnerId": LOCAL_OWNER_ID,
-            "Status": "pending",
-            "StartTime": snapshot.start_time,
-            "VolumeSize": request.volume_size,
-            "BlockSize": BLOCK_SIZE,
-            "Description": snapshot.description,
-            "ParentSnapshotId": request.parent_snapshot_id,
-        }))
+        Ok(start_response(
+            &snapshot,
+            request.parent_snapshot_id.as_deref(),
+        ))
+    }
+
+    /// Cancels direct uploads whose Timeout passed without a new block or completion:
+    /// the snapshot goes to `error` and the blocks it stored are released (collected
+    /// unless something else references them).
+    pub(super) fn expire_direct_uploads(&self) {
+        let now = self.wall.now();
+        let mut state = self.lock();
+        let expired: Vec<String> = state
+            .direct_uploads
+            .iter()
+            .filter(|(_, upload)| upload.deadline <= now)
+            .map(|(snapshot_id, _)| snapshot_id.clone())
+            .collect();
+        if expired.is_empty() {
+            return;
+        }
+        for snapshot_id in &expired {
+            let Some(upload) = state.direct_uploads.remove(snapshot_id) else {
+                continue;
+            };
+            log::warn!(
+                "{snapshot_id}: cancelled, not completed within its Timeout of {} minutes",
+                upload.timeout.as_secs() / 60
+            );
+            if let Ok(snapshot) = state.snapshots.get_mut(snapshot_id) {
+                snapshot.state = SnapshotState::Error;
+                snapshot.state_message = Some(format!(
+                    "cancelled: no block written and not completed within the Timeout of {} minutes",
+                    upload.timeout.as_secs() / 60
+                ));
+            }
+        }
+        if let Err(error) = self.persist(&state) {
+            log::error!("persisting cancelled snapshots failed: {error}");
+        }
+        match self.collect_garbage_if_idle(&state) {
+            Ok(Some(deleted)) => log::info!("cancelled uploads: {deleted} blocks released"),
+            Ok(None) => log::info!("cancelled uploads: blocks released by a later collection"),
+            Err(error) => log::error!("releasing cancelled uploads' blocks failed: {error}"),
+        }
     }
 
     /// Stores one block after checking its length and Base64 SHA-256 checksum.
@@ -197,13 +297,13 @@ impl Service {
                 "Checksum does not match the block data".to_string(),
             ));
         }
+        self.expire_direct_uploads();
         {
             let state = self.lock();
-            let upload = state.direct_uploads.get(snapshot_id).ok_or_else(|| {
-                ControlError::ResourceNotFound(format!(
-                    "No snapshot {snapshot_id} is being written"
-                ))
-            })?;
+            let upload = state
+                .direct_uploads
+                .get(snapshot_id)
+                .ok_or_else(|| not_being_written(snapshot_id))?;
             let blocks = upload.volume_size * GIB / BLOCK_SIZE;
             if block_index >= blocks {
                 return Err(validation(format!(
@@ -212,10 +312,13 @@ impl Service {
             }
         }
         self.storage.put_block(data)?;
+        let now = self.wall.now();
         let mut state = self.lock();
-        let upload = state.direct_uploads.get_mut(snapshot_id).ok_or_else(|| {
-            ControlError::ResourceNotFound(format!("No snapshot {snapshot_id} is being written"))
-        })?;
+        let upload = state
+            .direct_uploads
+            .get_mut(snapshot_id)
+            .ok_or_else(|| not_being_written(snapshot_id))?;
+        upload.deadline = now + upload.timeout;
         upload.blocks.insert(block_index, hash.clone());
         upload.written.insert(block_index, hash);
         Ok(json!({"Checksum": checksum, "ChecksumAlgorithm": "SHA256"}))
@@ -230,10 +333,12 @@ impl Service {
         algorithm: Option<&str>,
         aggregation: Option<&str>,
     ) -> Result<Value, ControlError> {
+        self.expire_direct_uploads();
         let mut state = self.lock();
-        let upload = state.direct_uploads.get(snapshot_id).ok_or_else(|| {
-            ControlError::ResourceNotFound(format!("No snapshot {snapshot_id} is being written"))
-        })?;
+        let upload = state
+            .direct_uploads
+            .get(snapshot_id)
+            .ok_or_else(|| not_being_written(snapshot_id))?;
         if upload.written.len() as u64 != changed_blocks_count {
             return Err(validation(format!(
                 "ChangedBlocksCount {changed_blocks_count} does not match the {} blocks written",

@@ -28,7 +28,10 @@ use crate::crypto::LocalKms;
 use crate::engine::durable::replace_file_atomically;
 use crate::engine::{BlockStore, EngineError};
 use crate::nbd::{Export, ExportProvider, ExportRefusal, IoDirection, IoThrottle};
-use crate::qos::{Clock, CreditBalances, MonotonicClock, QosPolicy, QosSnapshot, VolumeQos};
+use crate::qos::{
+    Clock, CreditBalances, FakeClock, MonotonicClock, QosPolicy, QosSnapshot, SystemClock,
+    VolumeQos,
+};
 use crate::snapshot::SnapshotStorage;
 
 const CONTROL_FILE: &str = "control.json";
@@ -102,6 +105,10 @@ pub struct ServiceConfig {
     pub snapshot_store: Option<String>,
     /// The local KMS key file (mode 0600). Default: DATA_DIR/kms-keys.json.
     pub kms_key_file: Option<PathBuf>,
+    /// For tests: the control plane's wall clock (snapshot timeouts, modification phases
+    /// and cooldowns) starts at the real time and then moves only through
+    /// [`Service::advance_test_clock`], so hours can pass in a test without waiting.
+    pub test_clock: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -231,7 +238,11 @@ impl VolumeMetrics {
 
 pub struct Service {
     config: ServiceConfig,
+    /// Monotonic time for QoS buckets.
     clock: Arc<dyn Clock>,
+    /// Wall-clock time since the Unix epoch for deadlines that outlive a restart.
+    wall: Arc<dyn Clock>,
+    test_clock: Option<Arc<FakeClock>>,
     storage: Arc<SnapshotStorage>,
     kms: LocalKms,
     state: Mutex<ServiceState>,
@@ -296,6 +307,13 @@ impl Service {
             Err(error) => return Err(io_error("read control state")(error)),
         };
         let clock: Arc<dyn Clock> = Arc::new(MonotonicClock::default());
+        let test_clock = config
+            .test_clock
+            .then(|| Arc::new(FakeClock::starting_at(SystemClock.now())));
+        let wall: Arc<dyn Clock> = match &test_clock {
+            Some(fake) => Arc::clone(fake) as Arc<dyn Clock>,
+            None => Arc::new(SystemClock),
+        };
         let location = config
             .snapshot_store
             .clone()
@@ -375,6 +393,8 @@ impl Service {
         let service = Arc::new(Service {
             config,
             clock,
+            wall,
+            test_clock,
             storage,
             kms,
             state: Mutex::new(ServiceState {
@@ -389,6 +409,39 @@ impl Service {
             snapshots::spawn_background_fill(store, directory, volume_id);
         }
         Ok(service)
+    }
+
+    /// Moves the test clock forward and runs the housekeeping that time triggers;
+    /// returns the new time (seconds since the Unix epoch).
+    pub fn advance_test_clock(&self, by: std::time::Duration) -> Result<f64, ControlError> {
+        let clock = self.test_clock.as_ref().ok_or_else(|| {
+            ControlError::Unsupported("ebsd was not started with --test-clock".into())
+        })?;
+        clock.advance(by);
+        self.housekeeping();
+        Ok(clock.now().as_secs_f64())
+    }
+
+    /// Work that time triggers: expiring direct-API uploads past their Timeout.
+    pub fn housekeeping(&self) {
+        self.expire_direct_uploads();
+    }
+
+    /// Runs [`Service::housekeeping`] every second until the service is dropped.
+    pub fn spawn_housekeeping(self: &Arc<Self>) {
+        let service = Arc::downgrade(self);
+        let spawned = std::thread::Builder::new()
+            .name("ebs-housekeeping".into())
+            .spawn(move || loop {
+                std::thread::sleep(std::time::Duration::from_secs(1));
+                match service.upgrade() {
+                    Some(service) => service.housekeeping(),
+                    None => return,
+                }
+            });
+        if let Err(error) = spawned {
+            log::error!("cannot start the housekeeping thread: {error}");
+        }
     }
 
     fn kms(&self) -> Result<&LocalKms, ControlError> {

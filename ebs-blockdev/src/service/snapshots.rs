@@ -316,17 +316,28 @@ impl Service {
         self.storage
             .delete(&manifest_key(snapshot_id))
             .map_err(SnapshotError::from)?;
-        // Uploads in progress hold blocks no manifest references yet: collect later.
+        if let Some(deleted) = self.collect_garbage_if_idle(&state)? {
+            log::info!("{snapshot_id}: deleted; {deleted} unshared blocks removed");
+        }
+        Ok(())
+    }
+
+    /// Deletes blocks nothing references any more, unless an upload is in progress
+    /// (its blocks have no manifest yet; a later collection gets them). Returns how many
+    /// blocks were deleted, or None when collection was deferred.
+    pub(super) fn collect_garbage_if_idle(
+        &self,
+        state: &ServiceState,
+    ) -> Result<Option<usize>, ControlError> {
         let uploading = state
             .snapshots
             .all()
             .any(|snapshot| snapshot.state == SnapshotState::Pending);
-        if !uploading {
-            let roots = self.volume_block_roots()?;
-            let deleted = self.storage.collect_garbage(&roots)?;
-            log::info!("{snapshot_id}: deleted; {deleted} unshared blocks removed");
+        if uploading {
+            return Ok(None);
         }
-        Ok(())
+        let roots = self.volume_block_roots()?;
+        Ok(Some(self.storage.collect_garbage(&roots)?))
     }
 
     /// Base and hydration-source block lists of every volume on this host.
