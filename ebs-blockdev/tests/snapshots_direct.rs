@@ -229,3 +229,161 @@ fn start_snapshot_client_token_is_idempotent() {
     let other = direct.start_ok(json!({"VolumeSize": 2, "ClientToken": "token-2"}));
     assert_ne!(other["SnapshotId"], first["SnapshotId"]);
 }
+
+/// Whether any stored object under `root` contains a 4 KiB run of `plaintext`.
+fn plaintext_stored(root: &Path, plaintext: &[u8]) -> bool {
+    let needle = &plaintext[8192..8192 + 4096];
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(path) = pending.pop() {
+        if path.is_dir() {
+            pending.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        } else if let Ok(bytes) = std::fs::read(&path) {
+            if bytes.windows(needle.len()).any(|window| window == needle) {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+#[test]
+fn encrypted_snapshots_through_the_direct_apis() {
+    let run = tempfile::tempdir().unwrap();
+    let data_dir = run.path().join("data");
+    let daemon = Daemon::start(run.path(), &data_dir);
+    let direct = Direct::new(&daemon);
+    let objects = data_dir.join("objects");
+
+    let started = direct.start_ok(json!({"VolumeSize": 1, "Encrypted": true}));
+    let parent_id = started["SnapshotId"].as_str().unwrap().to_string();
+    let default_key = started["KmsKeyArn"].as_str().unwrap().to_string();
+    assert!(default_key.starts_with("mrk-"), "{started}");
+    let zero = random_bytes(20, BLOCK);
+    let five = random_bytes(21, BLOCK);
+    assert_eq!(direct.put(&parent_id, 0, &zero).status, 200);
+    assert_eq!(direct.put(&parent_id, 5, &five).status, 200);
+    // LINEAR is over the checksums of the blocks as sent (plaintext).
+    let completed = direct.complete(&parent_id, 2, &linear(&[&zero, &five]));
+    assert_eq!(completed.status, 200, "{}", text(&completed));
+    let described = direct.describe(&parent_id);
+    assert_eq!(described["Encrypted"], true);
+    assert_eq!(described["KmsKeyId"], default_key.as_str());
+    assert!(!plaintext_stored(&objects, &zero) && !plaintext_stored(&objects, &five));
+
+    // GetSnapshotBlock decrypts and checksums the plaintext.
+    let listed = direct
+        .api
+        .send("GET", &format!("/snapshots/{parent_id}/blocks"), &[], b"")
+        .unwrap();
+    let listed: Value = serde_json::from_slice(&listed.body).unwrap();
+    let token = listed["Blocks"][1]["BlockToken"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(listed["Blocks"][1]["BlockIndex"], 5);
+    let got = direct
+        .api
+        .send(
+            "GET",
+            &format!("/snapshots/{parent_id}/blocks/5?blockToken={token}"),
+            &[],
+            b"",
+        )
+        .unwrap();
+    assert_eq!(got.status, 200);
+    assert!(
+        got.body == five,
+        "GetSnapshotBlock must return the plaintext"
+    );
+    assert_eq!(got.header("x-amz-Checksum"), Some(checksum(&five).as_str()));
+
+    // A child of an encrypted parent is encrypted with the parent's key.
+    let child = direct.start_ok(json!({"VolumeSize": 1, "ParentSnapshotId": parent_id}));
+    let child_id = child["SnapshotId"].as_str().unwrap().to_string();
+    assert_eq!(child["KmsKeyArn"], default_key.as_str());
+    let seven = random_bytes(22, BLOCK);
+    assert_eq!(direct.put(&child_id, 7, &seven).status, 200);
+    assert_eq!(
+        direct.complete(&child_id, 1, &linear(&[&seven])).status,
+        200
+    );
+    assert_eq!(direct.describe(&child_id)["Encrypted"], true);
+    assert!(!plaintext_stored(&objects, &seven));
+
+    // A volume from the child reads the parent's and the child's blocks in plaintext.
+    let volume = daemon.cli_ok(&["create-volume", "--snapshot-id", &child_id]);
+    assert_eq!(volume["Encrypted"], true);
+    let volume_id = volume["VolumeId"].as_str().unwrap();
+    let attached = daemon.cli_ok(&[
+        "attach-volume",
+        "--volume-id",
+        volume_id,
+        "--instance-id",
+        "i-0123456789abcdef0",
+    ]);
+    let export = attached["NbdExport"]["ExportName"].as_str().unwrap();
+    let client = ebs_blockdev::nbd::NbdClient::connect_export(
+        &ebs_blockdev::nbd::NbdEndpoint::Unix(daemon.nbd_sock.clone()),
+        export,
+    )
+    .unwrap();
+    let read = |offset: u64| {
+        let mut buffer = vec![0u8; BLOCK];
+        client.read_at(offset, &mut buffer).unwrap();
+        buffer
+    };
+    assert!(read(0) == zero);
+    assert!(read(5 * BLOCK as u64) == five);
+    assert!(read(7 * BLOCK as u64) == seven);
+    assert!(read(BLOCK as u64).iter().all(|&byte| byte == 0));
+    let refused = ApiClient::new(ApiTarget::Unix(daemon.api_sock.clone())).call(
+        "CreateVolume",
+        &json!({"SnapshotId": child_id, "AvailabilityZone": "local-1a", "Encrypted": false}),
+    );
+    assert!(
+        refused.is_err(),
+        "an encrypted snapshot made an unencrypted volume"
+    );
+
+    // A key ARN names a key; what EBS refuses is refused.
+    let arn = format!("arn:aws:kms:local-1:000000000000:key/{default_key}");
+    let by_arn = direct.start_ok(json!({"VolumeSize": 1, "Encrypted": true, "KmsKeyArn": arn}));
+    assert_eq!(by_arn["KmsKeyArn"], default_key.as_str());
+    let plain = direct.start_ok(json!({"VolumeSize": 1}));
+    let plain_id = plain["SnapshotId"].as_str().unwrap().to_string();
+    assert_eq!(direct.complete(&plain_id, 0, &linear(&[])).status, 200);
+    for (body, why) in [
+        (
+            json!({"VolumeSize": 1, "ParentSnapshotId": parent_id, "Encrypted": true}),
+            "Encrypted with an encrypted parent",
+        ),
+        (
+            json!({"VolumeSize": 1, "ParentSnapshotId": parent_id, "Encrypted": false}),
+            "an unencrypted child of an encrypted parent",
+        ),
+        (
+            json!({"VolumeSize": 1, "ParentSnapshotId": plain_id, "Encrypted": true}),
+            "an encrypted child of an unencrypted parent",
+        ),
+        (
+            json!({"VolumeSize": 1, "ParentSnapshotId": parent_id, "KmsKeyArn": arn}),
+            "KmsKeyArn with a parent",
+        ),
+        (
+            json!({"VolumeSize": 1, "KmsKeyArn": arn}),
+            "KmsKeyArn without Encrypted",
+        ),
+        (
+            json!({"VolumeSize": 1, "Encrypted": false, "KmsKeyArn": arn}),
+            "KmsKeyArn with Encrypted=false",
+        ),
+        (
+            json!({"VolumeSize": 1, "Encrypted": true, "KmsKeyArn": "mrk-00000000000000000000000000000000"}),
+            "an unknown key",
+        ),
+    ] {
+        let reply = direct.start(body);
+        assert_eq!(reply.status, 400, "{why}: {}", text(&reply));
+        assert_eq!(error_code(&reply), "ValidationException", "{why}");
+    }
+}

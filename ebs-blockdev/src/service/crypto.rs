@@ -43,7 +43,7 @@ pub(super) fn cipher_from(plaintext: &[u8]) -> Result<Arc<SectorCipher>, Control
 }
 
 /// First sector of a snapshot block (the XTS tweak of its first sector).
-fn first_sector(block_index: u64) -> u64 {
+pub(super) fn first_sector(block_index: u64) -> u64 {
     block_index * (BLOCK_SIZE / SECTOR_SIZE)
 }
 
@@ -62,7 +62,102 @@ impl BlockSource for EncryptingSource {
     }
 }
 
+/// A KmsKeyArn as EBS takes it: a key ARN (`arn:aws:kms:REGION:ACCOUNT:key/ID`), an
+/// alias ARN (`...:alias/NAME`), or a bare key id or alias; returns the id or alias.
+fn key_from_arn(arn: &str) -> &str {
+    if !arn.starts_with("arn:") {
+        return arn;
+    }
+    if let Some(at) = arn.find(":key/") {
+        return &arn[at + ":key/".len()..];
+    }
+    match arn.find(":alias/") {
+        Some(at) => &arn[at + 1..],
+        None => arn,
+    }
+}
+
 impl Service {
+    /// The key of a snapshot written through the direct APIs, by EBS's encryption
+    /// outcomes (encryption by default is off here): with a parent, Encrypted and
+    /// KmsKeyArn must be omitted and the new snapshot takes the parent's data key (or
+    /// none); without one, Encrypted=true makes a new data key under KmsKeyArn or the
+    /// default key, and KmsKeyArn without Encrypted=true is refused.
+    pub(super) fn direct_snapshot_key(
+        &self,
+        encrypted: Option<bool>,
+        kms_key_arn: Option<&str>,
+        parent: Option<&Manifest>,
+    ) -> Result<Option<VolumeKey>, ControlError> {
+        let kms = self.kms()?;
+        let invalid = |message: String| ControlError::Validation(message);
+        let resolve = |arn: Option<&str>| {
+            kms.resolve(arn.map(key_from_arn))
+                .map_err(|error| invalid(format!("KmsKeyArn: {error}")))
+        };
+        if let Some(parent) = parent {
+            if encrypted.is_some() || kms_key_arn.is_some() {
+                return Err(invalid(format!(
+                    "Encrypted and KmsKeyArn must be omitted with ParentSnapshotId: the \
+                     snapshot takes the encryption of {} ({})",
+                    parent.snapshot_id,
+                    if parent.encrypted {
+                        "encrypted"
+                    } else {
+                        "unencrypted"
+                    }
+                )));
+            }
+            let Some(wrapped) = parent
+                .wrapped_data_key
+                .as_deref()
+                .filter(|_| parent.encrypted)
+            else {
+                return Ok(None);
+            };
+            let (key_id, plaintext) = kms.unwrap(wrapped)?;
+            return Ok(Some(VolumeKey {
+                key_id,
+                cipher: cipher_from(&plaintext)?,
+                wrapped: wrapped.to_string(),
+            }));
+        }
+        match (encrypted, kms_key_arn) {
+            (Some(true), arn) => {
+                let key_id = resolve(arn)?;
+                let (plaintext, wrapped) = kms.generate_data_key(&key_id, DATA_KEY_LEN)?;
+                Ok(Some(VolumeKey {
+                    key_id,
+                    cipher: cipher_from(&plaintext)?,
+                    wrapped,
+                }))
+            }
+            (_, Some(_)) => Err(invalid(
+                "KmsKeyArn requires Encrypted to be true".to_string(),
+            )),
+            (_, None) => Ok(None),
+        }
+    }
+
+    /// The data key of an encrypted snapshot's manifest (None when unencrypted).
+    pub(super) fn manifest_cipher(
+        &self,
+        manifest: &Manifest,
+    ) -> Result<Option<Arc<SectorCipher>>, ControlError> {
+        match manifest
+            .wrapped_data_key
+            .as_deref()
+            .filter(|_| manifest.encrypted)
+        {
+            Some(wrapped) => Ok(Some(cipher_from(&self.kms()?.unwrap(wrapped)?.1)?)),
+            None if manifest.encrypted => Err(ControlError::Internal(format!(
+                "{} is encrypted but has no data key",
+                manifest.snapshot_id
+            ))),
+            None => Ok(None),
+        }
+    }
+
     /// Checks a CreateVolume request's encryption fields before anything is created.
     pub(super) fn validate_volume_encryption(
         &self,

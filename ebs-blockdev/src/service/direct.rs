@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use super::crypto::{first_sector, VolumeKey};
 use super::Service;
 use crate::control::ids::format_rfc3339;
 use crate::control::snapshot::{validate_client_token, Snapshot, SnapshotState, LOCAL_OWNER_ID};
@@ -25,8 +26,13 @@ pub(super) struct DirectUpload {
     parent_snapshot_id: Option<String>,
     /// The complete block list (the parent's, overlaid with this upload's blocks).
     blocks: BTreeMap<u64, String>,
-    /// Blocks put in this upload.
+    /// Blocks put in this upload (addresses of the stored, possibly encrypted, blocks).
     written: BTreeMap<u64, String>,
+    /// Hex SHA-256 of each written block as the caller sent it (the plaintext), for the
+    /// LINEAR checksum at completion.
+    checksums: BTreeMap<u64, String>,
+    /// The snapshot's data key when it is encrypted: blocks are stored encrypted.
+    key: Option<VolumeKey>,
     /// How long the upload may go without a new block before it is cancelled.
     timeout: Duration,
     /// Wall-clock time (since the Unix epoch) at which it is cancelled unless completed;
@@ -151,11 +157,6 @@ impl Service {
                 "Timeout {timeout_minutes} must be between 10 and 4320 minutes"
             )));
         }
-        if request.encrypted == Some(true) || request.kms_key_arn.is_some() {
-            return Err(ControlError::Unsupported(
-                "encrypted snapshots cannot be written through the direct APIs here".into(),
-            ));
-        }
         let fingerprint = match &request.client_token {
             Some(token) => {
                 validate_client_token(token)?;
@@ -174,7 +175,7 @@ impl Service {
             }
             None => None,
         };
-        let blocks = match &request.parent_snapshot_id {
+        let parent = match &request.parent_snapshot_id {
             Some(parent_id) => {
                 let (parent, manifest) = self.completed_manifest(parent_id)?;
                 if parent.volume_size > request.volume_size {
@@ -183,10 +184,16 @@ impl Service {
                         request.volume_size, parent.volume_size
                     )));
                 }
-                manifest.blocks
+                Some(manifest)
             }
-            None => BTreeMap::new(),
+            None => None,
         };
+        let key = self.direct_snapshot_key(
+            request.encrypted,
+            request.kms_key_arn.as_deref(),
+            parent.as_ref(),
+        )?;
+        let blocks = parent.map(|manifest| manifest.blocks).unwrap_or_default();
         let mut state = self.lock();
         // Checked again under the lock: a retry may have raced this request.
         if let (Some(token), Some(fingerprint)) = (&request.client_token, &fingerprint) {
@@ -201,8 +208,8 @@ impl Service {
             "",
             request.volume_size,
             request.description.as_deref().unwrap_or(""),
-            false,
-            None,
+            key.is_some(),
+            key.as_ref().map(|key| key.key_id.clone()),
         );
         if let (Some(token), Some(fingerprint)) = (&request.client_token, &fingerprint) {
             state
@@ -217,6 +224,8 @@ impl Service {
                 parent_snapshot_id: request.parent_snapshot_id.clone(),
                 blocks,
                 written: BTreeMap::new(),
+                checksums: BTreeMap::new(),
+                key,
                 timeout,
                 deadline: self.wall.now() + timeout,
             },
@@ -298,7 +307,7 @@ impl Service {
             ));
         }
         self.expire_direct_uploads();
-        {
+        let cipher = {
             let state = self.lock();
             let upload = state
                 .direct_uploads
@@ -310,8 +319,21 @@ impl Service {
                     "BlockIndex {block_index} is beyond the volume's {blocks} blocks"
                 )));
             }
-        }
-        self.storage.put_block(data)?;
+            upload
+                .key
+                .as_ref()
+                .map(|key| std::sync::Arc::clone(&key.cipher))
+        };
+        // Encrypted snapshots store the block as an encrypted volume would hold it at
+        // this index (XTS, tweak = sector number), so volumes made from it read it back.
+        let stored = match &cipher {
+            Some(cipher) => {
+                let mut encrypted = data.to_vec();
+                cipher.encrypt(&mut encrypted, first_sector(block_index));
+                self.storage.put_block(&encrypted)?
+            }
+            None => self.storage.put_block(data)?,
+        };
         let now = self.wall.now();
         let mut state = self.lock();
         let upload = state
@@ -319,8 +341,9 @@ impl Service {
             .get_mut(snapshot_id)
             .ok_or_else(|| not_being_written(snapshot_id))?;
         upload.deadline = now + upload.timeout;
-        upload.blocks.insert(block_index, hash.clone());
-        upload.written.insert(block_index, hash);
+        upload.blocks.insert(block_index, stored.clone());
+        upload.written.insert(block_index, stored);
+        upload.checksums.insert(block_index, hash);
         Ok(json!({"Checksum": checksum, "ChecksumAlgorithm": "SHA256"}))
     }
 
@@ -354,7 +377,7 @@ impl Service {
                 ));
             }
             let actual =
-                linear_checksum(upload.written.values().map(String::as_str)).unwrap_or_default();
+                linear_checksum(upload.checksums.values().map(String::as_str)).unwrap_or_default();
             if actual != expected {
                 return Err(validation(format!(
                     "aggregated checksum mismatch: expected {expected}, blocks give {actual}"
@@ -367,9 +390,9 @@ impl Service {
             volume_size: upload.volume_size,
             block_size: BLOCK_SIZE,
             parent_snapshot_id: upload.parent_snapshot_id.clone(),
-            encrypted: false,
-            wrapped_data_key: None,
-            kms_key_id: None,
+            encrypted: upload.key.is_some(),
+            wrapped_data_key: upload.key.as_ref().map(|key| key.wrapped.clone()),
+            kms_key_id: upload.key.as_ref().map(|key| key.key_id.clone()),
             blocks: upload.blocks.clone(),
         };
         self.storage.put_manifest(&manifest)?;
@@ -463,7 +486,11 @@ impl Service {
                 )))
             }
         }
-        let data = self.storage.get_block(block_token)?;
+        let mut data = self.storage.get_block(block_token)?;
+        // The direct APIs hand out plaintext: encrypted snapshots are decrypted here.
+        if let Some(cipher) = self.manifest_cipher(&manifest)? {
+            cipher.decrypt(&mut data, first_sector(block_index));
+        }
         let checksum = block_checksum(&data);
         Ok((data, checksum))
     }
