@@ -268,7 +268,7 @@ fn volumes_attachments_and_data_survive_restarts() {
         client.flush().unwrap();
     }
     daemon.terminate();
-    let daemon = Daemon::start(run.path(), &data_dir);
+    let daemon = Daemon::start_with(run.path(), &data_dir, &["--test-clock"], &[]);
     let described = daemon.cli_ok(&["describe-volumes"]);
     assert_eq!(described["Volumes"][0]["VolumeId"], volume_id.as_str());
     assert_eq!(described["Volumes"][0]["State"], "in-use");
@@ -287,6 +287,8 @@ fn volumes_attachments_and_data_survive_restarts() {
         "2000",
     ]);
     assert_eq!(modified["VolumeModification"]["TargetSize"], 8);
+    // The new size is usable once the modification reaches `optimizing`.
+    daemon.advance_clock(11.0);
     drop(client);
     let client = NbdClient::connect(&endpoint, volume_part, Some(token)).unwrap();
     assert_eq!(

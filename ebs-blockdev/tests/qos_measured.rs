@@ -66,7 +66,7 @@ fn assert_rate(mut measure: impl FnMut() -> f64, expected: f64) {
 fn gp3_random_4k_iops_match_the_provisioned_rate() {
     require_tool("qemu-img");
     let run = tempfile::tempdir().unwrap();
-    let daemon = Daemon::start(run.path(), &run.path().join("data"));
+    let daemon = Daemon::start_with(run.path(), &run.path().join("data"), &["--test-clock"], &[]);
     let volume = daemon.cli_ok(&["create-volume", "--size", "10", "--volume-type", "gp3"]);
     let volume_id = volume["VolumeId"].as_str().unwrap();
     let attached = daemon.cli_ok(&[
@@ -80,6 +80,8 @@ fn gp3_random_4k_iops_match_the_provisioned_rate() {
     assert_rate(|| measured_iops(&daemon, export_name, 6000, true), 3000.0);
     assert_rate(|| measured_iops(&daemon, export_name, 6000, false), 3000.0);
     daemon.cli_ok(&["modify-volume", "--volume-id", volume_id, "--iops", "5000"]);
+    // The new IOPS apply when the modification completes (a few minutes on its clock).
+    daemon.advance_clock(3600.0);
     assert_rate(
         || measured_iops(&daemon, export_name, 10_000, false),
         5000.0,

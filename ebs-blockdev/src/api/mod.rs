@@ -221,6 +221,9 @@ fn dispatch(service: &Arc<Service>, action: &str, body: &[u8]) -> Result<Value, 
                 .map_err(control)?;
             json!({ "VolumeModification": modification })
         }
+        "DescribeVolumesModifications" => service
+            .describe_volumes_modifications(&parse(body)?)
+            .map_err(control)?,
         "AttachVolume" => to_value(
             &service
                 .attach_volume(&parse::<AttachVolumeRequest>(body)?)

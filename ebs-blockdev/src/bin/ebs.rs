@@ -86,6 +86,13 @@ enum Command {
         #[arg(long)]
         throughput: Option<u32>,
     },
+    DescribeVolumesModifications {
+        #[arg(long, num_args = 1..)]
+        volume_ids: Vec<String>,
+        /// `Name=modification-state,Values=optimizing` (repeatable), as in `aws ec2`.
+        #[arg(long, num_args = 1..)]
+        filters: Vec<String>,
+    },
     AttachVolume {
         #[arg(long)]
         volume_id: String,
@@ -244,6 +251,14 @@ fn api_request(command: &Command) -> Result<Option<(&'static str, Value)>> {
             put(&mut body, "Iops", *iops);
             put(&mut body, "Throughput", *throughput);
             "ModifyVolume"
+        }
+        Command::DescribeVolumesModifications {
+            volume_ids,
+            filters,
+        } => {
+            body.insert("VolumeIds".into(), json!(volume_ids));
+            body.insert("Filters".into(), parse_filters(filters)?);
+            "DescribeVolumesModifications"
         }
         Command::AttachVolume {
             volume_id,

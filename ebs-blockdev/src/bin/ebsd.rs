@@ -57,6 +57,10 @@ struct ServeArgs {
     /// and cooldown) moves only through `POST /test/clock/advance {"Seconds": N}`.
     #[arg(long, hide = true)]
     test_clock: bool,
+    /// Seconds between the starts of two modifications of one volume (default: EC2's
+    /// six hours).
+    #[arg(long, hide = true)]
+    modification_cooldown_seconds: Option<u64>,
     /// API worker threads.
     #[arg(long, default_value_t = 4)]
     api_workers: usize,
@@ -132,6 +136,9 @@ fn serve(args: ServeArgs) -> Result<()> {
         snapshot_store: args.snapshot_store.clone(),
         kms_key_file: args.kms_key_file.clone(),
         test_clock: args.test_clock,
+        modification_cooldown: args
+            .modification_cooldown_seconds
+            .map(std::time::Duration::from_secs),
     })
     .with_context(|| format!("open data directory {}", args.data_dir.display()))?;
     service.spawn_housekeeping();

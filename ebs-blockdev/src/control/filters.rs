@@ -112,6 +112,22 @@ fn matches_all<T>(
     Ok(true)
 }
 
+/// Keeps the resources that match every filter; `values_of` gives a resource's values
+/// for a filter name (None: the name is unknown, an InvalidParameterValue).
+pub fn filter_resources<T>(
+    resources: Vec<T>,
+    filters: &[Filter],
+    values_of: fn(&T, &str) -> Option<Vec<String>>,
+) -> Result<Vec<T>, ControlError> {
+    let mut kept = Vec::new();
+    for resource in resources {
+        if matches_all(&resource, filters, values_of)? {
+            kept.push(resource);
+        }
+    }
+    Ok(kept)
+}
+
 pub fn filter_volumes(
     volumes: Vec<Volume>,
     filters: &[Filter],

@@ -6,14 +6,15 @@
 
 pub mod filters;
 pub mod ids;
+pub mod modification;
 pub mod snapshot;
 pub mod volume;
 pub mod volume_type;
 
+pub use modification::{ModificationRecord, ModificationState, VolumeModification};
 pub use volume::{
     AttachVolumeRequest, AttachmentGrant, CreateVolumeRequest, DescribeVolumesRequest,
-    DetachVolumeRequest, ModifyVolumeRequest, Volume, VolumeAttachment, VolumeModification,
-    VolumeState, VolumeTable,
+    DetachVolumeRequest, ModifyVolumeRequest, Volume, VolumeAttachment, VolumeState, VolumeTable,
 };
 pub use volume_type::{RequestedPerformance, VolumePerformance, VolumeType};
 
@@ -46,6 +47,10 @@ pub enum ControlError {
     #[error("{0}")]
     Unsupported(String),
     #[error("{0}")]
+    IncorrectModificationState(String),
+    #[error("{0}")]
+    VolumeModificationRateExceeded(String),
+    #[error("{0}")]
     IdempotentParameterMismatch(String),
     /// EBS direct APIs: a ClientToken reused with other parameters.
     #[error("{0}")]
@@ -76,6 +81,8 @@ impl ControlError {
             ControlError::AttachmentNotFound(_) => "InvalidAttachment.NotFound",
             ControlError::SnapshotNotFound(_) => "InvalidSnapshot.NotFound",
             ControlError::Unsupported(_) => "UnsupportedOperation",
+            ControlError::IncorrectModificationState(_) => "IncorrectModificationState",
+            ControlError::VolumeModificationRateExceeded(_) => "VolumeModificationRateExceeded",
             ControlError::IdempotentParameterMismatch(_) => "IdempotentParameterMismatch",
             ControlError::Conflict(_) => "ConflictException",
             ControlError::Validation(_) => "ValidationException",

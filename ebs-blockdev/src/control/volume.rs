@@ -8,8 +8,10 @@ use serde::{Deserialize, Serialize};
 use super::ids::{
     is_valid_resource_id, new_resource_id, new_secret_token, now_rfc3339, secrets_equal,
 };
+use super::modification::{ModificationRecord, ModificationState, VolumeModification};
 use super::volume_type::{resolve_performance, RequestedPerformance, VolumeType, GIB};
 use super::ControlError;
+use std::time::Duration;
 
 /// Multi-Attach allows up to 16 instances on one io1/io2 volume.
 pub const MAX_MULTI_ATTACHMENTS: usize = 16;
@@ -107,26 +109,6 @@ pub struct ModifyVolumeRequest {
     pub throughput: Option<u32>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct VolumeModification {
-    pub volume_id: String,
-    pub modification_state: String,
-    pub original_size: u64,
-    pub target_size: u64,
-    pub original_volume_type: VolumeType,
-    pub target_volume_type: VolumeType,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub original_iops: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub target_iops: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub original_throughput: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub target_throughput: Option<u32>,
-    pub start_time: String,
-}
-
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(rename_all = "PascalCase", deny_unknown_fields)]
 pub struct AttachVolumeRequest {
@@ -182,6 +164,9 @@ struct VolumeRecord {
     /// The volume's data key wrapped under its KMS master key (encrypted volumes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     wrapped_data_key: Option<String>,
+    /// The latest ModifyVolume and its phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    modification: Option<ModificationRecord>,
 }
 
 /// All volumes, keyed by id. Serializable so the service can persist it atomically.
@@ -364,6 +349,7 @@ impl VolumeTable {
                 volume: volume.clone(),
                 secrets: Vec::new(),
                 wrapped_data_key: None,
+                modification: None,
             },
         );
         Ok(volume)
@@ -434,14 +420,21 @@ impl VolumeTable {
         super::filters::filter_volumes(volumes, &request.filters)
     }
 
-    /// Applies a ModifyVolume request; size only grows, the new combination is validated
-    /// against the (possibly new) type's limits.
+    /// Applies a ModifyVolume request: the record takes the target values at once (as
+    /// DescribeVolumes shows them) and a modification starts in `modifying`; size only
+    /// grows, the new combination is validated against the (possibly new) type's limits,
+    /// and a volume whose last modification runs or started within `cooldown` is refused.
     pub fn modify(
         &mut self,
         request: &ModifyVolumeRequest,
+        now: Duration,
+        cooldown: Duration,
     ) -> Result<VolumeModification, ControlError> {
         let record = self.record_mut(&request.volume_id)?;
         let original = record.volume.clone();
+        if let Some(previous) = &record.modification {
+            previous.check_new_modification(now, cooldown)?;
+        }
         if !matches!(original.state, VolumeState::Available | VolumeState::InUse) {
             return Err(ControlError::IncorrectState(format!(
                 "Volume {} cannot be modified in its current state",
@@ -487,19 +480,70 @@ impl VolumeTable {
         volume.volume_type = target_type;
         volume.iops = performance.reported_iops;
         volume.throughput = performance.reported_throughput_mibps;
-        Ok(VolumeModification {
-            volume_id: volume.volume_id.clone(),
-            modification_state: "completed".into(),
-            original_size: original.size,
-            target_size,
-            original_volume_type: original.volume_type,
-            target_volume_type: target_type,
-            original_iops: original.iops,
-            target_iops: volume.iops,
-            original_throughput: original.throughput,
-            target_throughput: volume.throughput,
-            start_time: now_rfc3339(),
-        })
+        let started = ModificationRecord::new(
+            VolumeModification {
+                volume_id: volume.volume_id.clone(),
+                modification_state: ModificationState::Modifying,
+                status_message: None,
+                target_size,
+                target_iops: volume.iops,
+                target_volume_type: target_type,
+                target_throughput: volume.throughput,
+                target_multi_attach_enabled: volume.multi_attach_enabled,
+                original_size: original.size,
+                original_iops: original.iops,
+                original_volume_type: original.volume_type,
+                original_throughput: original.throughput,
+                original_multi_attach_enabled: original.multi_attach_enabled,
+                progress: 0,
+                start_time: String::new(),
+                end_time: None,
+            },
+            now,
+        );
+        let view = started.view(now);
+        record.modification = Some(started);
+        Ok(view)
+    }
+
+    pub fn modification(
+        &self,
+        volume_id: &str,
+    ) -> Result<Option<&ModificationRecord>, ControlError> {
+        Ok(self.record(volume_id)?.modification.as_ref())
+    }
+
+    /// Records that the service applied `phase` of a volume's modification.
+    pub fn set_modification_applied(
+        &mut self,
+        volume_id: &str,
+        phase: ModificationState,
+    ) -> Result<(), ControlError> {
+        if let Some(modification) = &mut self.record_mut(volume_id)?.modification {
+            modification.applied = phase;
+        }
+        Ok(())
+    }
+
+    /// Ends a modification whose storage change failed: the volume keeps its original
+    /// size, type and performance, and the modification shows `failed`.
+    pub fn fail_modification(
+        &mut self,
+        volume_id: &str,
+        message: &str,
+    ) -> Result<(), ControlError> {
+        let record = self.record_mut(volume_id)?;
+        let Some(modification) = &mut record.modification else {
+            return Ok(());
+        };
+        let original = &mut modification.modification;
+        record.volume.size = original.original_size;
+        record.volume.volume_type = original.original_volume_type;
+        record.volume.iops = original.original_iops;
+        record.volume.throughput = original.original_throughput;
+        original.status_message = Some(message.to_string());
+        modification.applied = ModificationState::Failed;
+        Ok(())
     }
 
     /// Attaches a volume to an instance in the same zone and issues the attachment's

@@ -204,24 +204,38 @@ fn delete_refused_while_attached() {
 fn modify_grows_changes_type_and_rejects_shrinking() {
     let mut table = VolumeTable::default();
     let volume = create(&mut table, "gp2", 100, None, false).unwrap();
-    let shrink = table.modify(&ModifyVolumeRequest {
-        volume_id: volume.volume_id.clone(),
-        size: Some(50),
-        ..Default::default()
-    });
+    let hour = |hours: u64| std::time::Duration::from_secs(hours * 3600);
+    let cooldown = crate::control::modification::DEFAULT_COOLDOWN;
+    let shrink = table.modify(
+        &ModifyVolumeRequest {
+            volume_id: volume.volume_id.clone(),
+            size: Some(50),
+            ..Default::default()
+        },
+        hour(0),
+        cooldown,
+    );
     assert!(shrink
         .unwrap_err()
         .to_string()
         .contains("cannot be smaller"));
     let modification = table
-        .modify(&ModifyVolumeRequest {
-            volume_id: volume.volume_id.clone(),
-            size: Some(200),
-            volume_type: Some("gp3".into()),
-            iops: Some(6000),
-            throughput: Some(500),
-        })
+        .modify(
+            &ModifyVolumeRequest {
+                volume_id: volume.volume_id.clone(),
+                size: Some(200),
+                volume_type: Some("gp3".into()),
+                iops: Some(6000),
+                throughput: Some(500),
+            },
+            hour(0),
+            cooldown,
+        )
         .unwrap();
+    assert_eq!(
+        modification.modification_state,
+        crate::control::ModificationState::Modifying
+    );
     assert_eq!(
         (modification.original_size, modification.target_size),
         (100, 200)
@@ -231,23 +245,30 @@ fn modify_grows_changes_type_and_rejects_shrinking() {
         (modified.volume_type, modified.iops, modified.throughput),
         (VolumeType::Gp3, Some(6000), Some(500))
     );
-    // Back to gp2: provisioned IOPS/throughput no longer apply.
-    table
-        .modify(&ModifyVolumeRequest {
-            volume_id: volume.volume_id.clone(),
-            volume_type: Some("gp2".into()),
-            ..Default::default()
-        })
-        .unwrap();
+    // Back to gp2 (after the cooldown): provisioned IOPS/throughput no longer apply.
+    let back = ModifyVolumeRequest {
+        volume_id: volume.volume_id.clone(),
+        volume_type: Some("gp2".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        table.modify(&back, hour(1), cooldown).unwrap_err().code(),
+        "VolumeModificationRateExceeded"
+    );
+    table.modify(&back, hour(6), cooldown).unwrap();
     let gp2 = table.get(&volume.volume_id).unwrap();
     assert_eq!((gp2.iops, gp2.throughput), (Some(600), None));
     // st1 starts at 125 GiB, so a 100 GiB volume cannot become st1.
     let small = create(&mut table, "gp2", 100, None, false).unwrap();
-    let to_st1 = table.modify(&ModifyVolumeRequest {
-        volume_id: small.volume_id.clone(),
-        volume_type: Some("st1".into()),
-        ..Default::default()
-    });
+    let to_st1 = table.modify(
+        &ModifyVolumeRequest {
+            volume_id: small.volume_id.clone(),
+            volume_type: Some("st1".into()),
+            ..Default::default()
+        },
+        hour(0),
+        cooldown,
+    );
     assert!(to_st1
         .unwrap_err()
         .to_string()

@@ -72,6 +72,21 @@ impl QosPolicy {
     }
 }
 
+impl QosPolicy {
+    /// The policy of a volume being optimized after ModifyVolume: EC2 says performance
+    /// is then "between the source and target configuration"; this takes the lower
+    /// ceiling of the two for IOPS and for throughput (never more than either promises)
+    /// and keeps the source's accounting and credit buckets until the modification
+    /// completes.
+    pub fn between(source: &QosPolicy, target: &QosPolicy) -> QosPolicy {
+        QosPolicy {
+            max_iops: source.max_iops.min(target.max_iops),
+            max_throughput_mibps: source.max_throughput_mibps.min(target.max_throughput_mibps),
+            ..*source
+        }
+    }
+}
+
 fn limiter(rate: f64, now: Duration) -> TokenBucket {
     TokenBucket::new((rate * LIMITER_WINDOW_SECONDS).max(1.0), rate, now)
 }
@@ -119,6 +134,9 @@ pub struct QosSnapshot {
     pub throughput_credit_balance_mib: Option<f64>,
     pub throttled_seconds: f64,
     pub counted_ios: u64,
+    /// The IOPS and throughput ceilings in force (they change during ModifyVolume).
+    pub iops_limit: f64,
+    pub throughput_limit_mibps: f64,
 }
 
 impl VolumeQos {
@@ -287,6 +305,8 @@ impl VolumeQos {
             throughput_credit_balance_mib,
             throttled_seconds: self.throttled_nanos.load(Ordering::Relaxed) as f64 / 1e9,
             counted_ios,
+            iops_limit: state.policy.max_iops,
+            throughput_limit_mibps: state.policy.max_throughput_mibps,
         }
     }
 }

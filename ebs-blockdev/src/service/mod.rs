@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 mod crypto;
 pub mod direct;
+mod modify;
 mod snapshots;
 
 use snapshots::Fill;
@@ -21,16 +22,14 @@ use crate::control::snapshot::SnapshotTable;
 use crate::control::volume::EXPORT_TOKEN_SEPARATOR;
 use crate::control::{
     AttachVolumeRequest, ControlError, CreateVolumeRequest, DescribeVolumesRequest,
-    DetachVolumeRequest, ModifyVolumeRequest, Volume, VolumeAttachment, VolumeModification,
-    VolumeState, VolumeTable,
+    DetachVolumeRequest, Volume, VolumeAttachment, VolumeState, VolumeTable,
 };
 use crate::crypto::LocalKms;
 use crate::engine::durable::replace_file_atomically;
 use crate::engine::{BlockStore, EngineError};
 use crate::nbd::{Export, ExportProvider, ExportRefusal, IoDirection, IoThrottle};
 use crate::qos::{
-    Clock, CreditBalances, FakeClock, MonotonicClock, QosPolicy, QosSnapshot, SystemClock,
-    VolumeQos,
+    Clock, CreditBalances, FakeClock, MonotonicClock, QosSnapshot, SystemClock, VolumeQos,
 };
 use crate::snapshot::SnapshotStorage;
 
@@ -109,6 +108,9 @@ pub struct ServiceConfig {
     /// and cooldowns) starts at the real time and then moves only through
     /// [`Service::advance_test_clock`], so hours can pass in a test without waiting.
     pub test_clock: bool,
+    /// Time between the starts of two modifications of one volume (default: EC2's six
+    /// hours).
+    pub modification_cooldown: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -226,6 +228,18 @@ impl VolumeMetrics {
                 help: "Time requests spent waiting for QoS tokens.",
                 value: self.qos.throttled_seconds,
             },
+            MetricSample {
+                name: "ebs_volume_iops_limit",
+                kind: "gauge",
+                help: "IOPS ceiling in force (burst rate for credit types; between the old and new values while a modification is optimizing).",
+                value: self.qos.iops_limit,
+            },
+            MetricSample {
+                name: "ebs_volume_throughput_limit_mibps",
+                kind: "gauge",
+                help: "Throughput ceiling in force, MiB/s.",
+                value: self.qos.throughput_limit_mibps,
+            },
             sample(
                 "ebs_volume_blocks_to_hydrate",
                 "gauge",
@@ -248,8 +262,12 @@ pub struct Service {
     state: Mutex<ServiceState>,
 }
 
-fn new_qos(volume: &Volume, clock: &Arc<dyn Clock>) -> Result<Arc<VolumeQos>, ControlError> {
-    let policy = QosPolicy::for_volume(volume.volume_type, volume.size, &volume.performance()?);
+fn new_qos(
+    volume: &Volume,
+    modification: Option<&crate::control::ModificationRecord>,
+    clock: &Arc<dyn Clock>,
+) -> Result<Arc<VolumeQos>, ControlError> {
+    let policy = modify::qos_policy(volume, modification)?;
     Ok(Arc::new(VolumeQos::new(policy, Arc::clone(clock))))
 }
 
@@ -370,7 +388,7 @@ impl Service {
                                 )
                             })
                             .collect();
-                        let qos = new_qos(&volume, &clock)?;
+                        let qos = new_qos(&volume, table.modification(&volume.volume_id)?, &clock)?;
                         restore_credits(&qos, &directory);
                         open.insert(
                             volume.volume_id.clone(),
@@ -422,9 +440,11 @@ impl Service {
         Ok(clock.now().as_secs_f64())
     }
 
-    /// Work that time triggers: expiring direct-API uploads past their Timeout.
+    /// Work that time triggers: expiring direct-API uploads past their Timeout, moving
+    /// volume modifications through their phases.
     pub fn housekeeping(&self) {
         self.expire_direct_uploads();
+        self.advance_modifications();
     }
 
     /// Runs [`Service::housekeeping`] every second until the service is dropped.
@@ -509,7 +529,7 @@ impl Service {
         };
         let store = Arc::new(store);
         let directory = self.volume_directory(&volume.volume_id);
-        let qos = new_qos(&volume, &self.clock)?;
+        let qos = new_qos(&volume, None, &self.clock)?;
         state.open.insert(
             volume.volume_id.clone(),
             OpenVolume {
@@ -580,37 +600,6 @@ impl Service {
         self.lock().table.describe(request)
     }
 
-    pub fn modify_volume(
-        &self,
-        request: &ModifyVolumeRequest,
-    ) -> Result<VolumeModification, ControlError> {
-        let mut state = self.lock();
-        let before = state.table.clone();
-        let modification = state.table.modify(request)?;
-        if modification.target_size != modification.original_size {
-            let grown = match state.open.get(&request.volume_id) {
-                Some(open) => open
-                    .store
-                    .grow(state.table.get(&request.volume_id)?.size_bytes()),
-                None => Ok(()),
-            };
-            if let Err(error) = grown {
-                state.table = before;
-                return Err(error.into());
-            }
-        }
-        let volume = state.table.get(&request.volume_id)?.clone();
-        if let Some(open) = state.open.get(&request.volume_id) {
-            open.qos.set_policy(QosPolicy::for_volume(
-                volume.volume_type,
-                volume.size,
-                &volume.performance()?,
-            ));
-        }
-        self.persist(&state)?;
-        Ok(modification)
-    }
-
     pub fn attach_volume(
         &self,
         request: &AttachVolumeRequest,
@@ -667,7 +656,7 @@ impl Service {
                 Some(VolumeMetrics {
                     volume_id: volume.volume_id.clone(),
                     volume_type: volume.volume_type.to_string(),
-                    size_bytes: volume.size_bytes(),
+                    size_bytes: open.store.size(),
                     allocated_bytes: open.store.allocated_bytes(),
                     read_ops: counters.read_ops.load(Ordering::Relaxed),
                     read_bytes: counters.read_bytes.load(Ordering::Relaxed),

@@ -209,6 +209,9 @@ impl Service {
                     volume.volume_id
                 ))
             })?;
+        // During a modification the storage may still have the original size.
+        let mut volume = volume;
+        volume.size = store.size().div_ceil(GIB);
         // The capture starts now: the snapshot is the volume as of this request.
         let session = store
             .begin_capture()

@@ -82,6 +82,24 @@ impl Daemon {
         value
     }
 
+    /// Moves the clock of a daemon started with `--test-clock` (and runs the work time
+    /// triggers).
+    pub fn advance_clock(&self, seconds: f64) {
+        let api = ebs_blockdev::api::client::ApiClient::new(
+            ebs_blockdev::api::client::ApiTarget::Unix(self.api_sock.clone()),
+        );
+        let body = serde_json::json!({ "Seconds": seconds }).to_string();
+        let reply = api
+            .send("POST", "/test/clock/advance", &[], body.as_bytes())
+            .expect("advance the test clock");
+        assert_eq!(
+            reply.status,
+            200,
+            "advance the test clock: {}",
+            String::from_utf8_lossy(&reply.body)
+        );
+    }
+
     pub fn kill_hard(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
