@@ -221,6 +221,9 @@ fn dispatch(service: &Arc<Service>, action: &str, body: &[u8]) -> Result<Value, 
                 .map_err(control)?;
             json!({ "VolumeModification": modification })
         }
+        "CreateTags" => service.create_tags(&parse(body)?).map_err(control)?,
+        "DeleteTags" => service.delete_tags(&parse(body)?).map_err(control)?,
+        "DescribeTags" => service.describe_tags(&parse(body)?).map_err(control)?,
         "DescribeVolumesModifications" => service
             .describe_volumes_modifications(&parse(body)?)
             .map_err(control)?,

@@ -62,6 +62,9 @@ enum Command {
         /// Idempotency token: repeating the call with it returns the same volume.
         #[arg(long)]
         client_token: Option<String>,
+        /// `ResourceType=volume,Tags=[{Key=k,Value=v},...]` (or JSON), as in `aws ec2`.
+        #[arg(long, num_args = 1..)]
+        tag_specifications: Vec<String>,
     },
     DeleteVolume {
         #[arg(long)]
@@ -118,6 +121,28 @@ enum Command {
         volume_id: String,
         #[arg(long)]
         description: Option<String>,
+        #[arg(long, num_args = 1..)]
+        tag_specifications: Vec<String>,
+    },
+    /// `--resources vol-... snap-... --tags Key=k,Value=v ...`
+    CreateTags {
+        #[arg(long, num_args = 1.., required = true)]
+        resources: Vec<String>,
+        #[arg(long, num_args = 1.., required = true)]
+        tags: Vec<String>,
+    },
+    /// Without --tags, every tag of the resources goes.
+    DeleteTags {
+        #[arg(long, num_args = 1.., required = true)]
+        resources: Vec<String>,
+        /// `Key=k` (any value) or `Key=k,Value=v` (only that value).
+        #[arg(long, num_args = 1..)]
+        tags: Vec<String>,
+    },
+    DescribeTags {
+        /// `Name=resource-id,Values=vol-...` (repeatable).
+        #[arg(long, num_args = 1..)]
+        filters: Vec<String>,
     },
     DeleteSnapshot {
         #[arg(long)]
@@ -139,6 +164,8 @@ enum Command {
         encrypted: bool,
         #[arg(long)]
         kms_key_id: Option<String>,
+        #[arg(long, num_args = 1..)]
+        tag_specifications: Vec<String>,
     },
     EnableFastSnapshotRestores {
         #[arg(long, num_args = 1..)]
@@ -191,6 +218,58 @@ fn parse_filters(filters: &[String]) -> Result<Value> {
     Ok(Value::Array(parsed))
 }
 
+/// One tag in `aws ec2` shorthand: `Key=k,Value=v` (Value optional).
+fn parse_tag(text: &str, value_required: bool) -> Result<Value> {
+    let mut key = None;
+    let mut value = None;
+    for part in text.split(',') {
+        if let Some(k) = part.strip_prefix("Key=") {
+            key = Some(k);
+        } else if let Some(v) = part.strip_prefix("Value=") {
+            value = Some(v);
+        } else {
+            bail!("tag {text:?} must look like Key=k,Value=v");
+        }
+    }
+    let key = key.with_context(|| format!("tag {text:?} has no Key="))?;
+    Ok(match value {
+        Some(value) => json!({"Key": key, "Value": value}),
+        None if value_required => json!({"Key": key, "Value": ""}),
+        None => json!({"Key": key}),
+    })
+}
+
+/// `ResourceType=volume,Tags=[{Key=a,Value=b},{Key=c,Value=d}]`, or the JSON form.
+fn parse_tag_specifications(specifications: &[String]) -> Result<Value> {
+    let mut parsed = Vec::new();
+    for text in specifications {
+        if text.starts_with('{') || text.starts_with('[') {
+            match serde_json::from_str(text)? {
+                Value::Array(items) => parsed.extend(items),
+                item => parsed.push(item),
+            }
+            continue;
+        }
+        let rest = text
+            .strip_prefix("ResourceType=")
+            .with_context(|| format!("{text:?} must start with ResourceType="))?;
+        let (resource_type, tags) = rest
+            .split_once(",Tags=[")
+            .with_context(|| format!("{text:?} has no ,Tags=[...]"))?;
+        let tags = tags
+            .strip_suffix(']')
+            .with_context(|| format!("{text:?}: Tags=[...] is not closed"))?;
+        let tags = tags
+            .trim_matches(|c| c == '{' || c == '}')
+            .split("},{")
+            .filter(|tag| !tag.is_empty())
+            .map(|tag| parse_tag(tag, true))
+            .collect::<Result<Vec<_>>>()?;
+        parsed.push(json!({"ResourceType": resource_type, "Tags": tags}));
+    }
+    Ok(Value::Array(parsed))
+}
+
 fn api_request(command: &Command) -> Result<Option<(&'static str, Value)>> {
     let mut body = Map::new();
     let action = match command {
@@ -205,6 +284,7 @@ fn api_request(command: &Command) -> Result<Option<(&'static str, Value)>> {
             kms_key_id,
             multi_attach_enabled,
             client_token,
+            tag_specifications,
         } => {
             put(&mut body, "Size", *size);
             put(&mut body, "VolumeType", volume_type.clone());
@@ -224,6 +304,12 @@ fn api_request(command: &Command) -> Result<Option<(&'static str, Value)>> {
                 multi_attach_enabled.then_some(true),
             );
             put(&mut body, "ClientToken", client_token.clone());
+            if !tag_specifications.is_empty() {
+                body.insert(
+                    "TagSpecifications".into(),
+                    parse_tag_specifications(tag_specifications)?,
+                );
+            }
             "CreateVolume"
         }
         Command::DeleteVolume { volume_id } => {
@@ -291,10 +377,41 @@ fn api_request(command: &Command) -> Result<Option<(&'static str, Value)>> {
         Command::CreateSnapshot {
             volume_id,
             description,
+            tag_specifications,
         } => {
             put(&mut body, "VolumeId", Some(volume_id.clone()));
             put(&mut body, "Description", description.clone());
+            if !tag_specifications.is_empty() {
+                body.insert(
+                    "TagSpecifications".into(),
+                    parse_tag_specifications(tag_specifications)?,
+                );
+            }
             "CreateSnapshot"
+        }
+        Command::CreateTags { resources, tags } => {
+            body.insert("Resources".into(), json!(resources));
+            let tags = tags
+                .iter()
+                .map(|tag| parse_tag(tag, true))
+                .collect::<Result<Vec<_>>>()?;
+            body.insert("Tags".into(), Value::Array(tags));
+            "CreateTags"
+        }
+        Command::DeleteTags { resources, tags } => {
+            body.insert("Resources".into(), json!(resources));
+            if !tags.is_empty() {
+                let tags = tags
+                    .iter()
+                    .map(|tag| parse_tag(tag, false))
+                    .collect::<Result<Vec<_>>>()?;
+                body.insert("Tags".into(), Value::Array(tags));
+            }
+            "DeleteTags"
+        }
+        Command::DescribeTags { filters } => {
+            body.insert("Filters".into(), parse_filters(filters)?);
+            "DescribeTags"
         }
         Command::DeleteSnapshot { snapshot_id } => {
             put(&mut body, "SnapshotId", Some(snapshot_id.clone()));
@@ -313,7 +430,14 @@ fn api_request(command: &Command) -> Result<Option<(&'static str, Value)>> {
             description,
             encrypted,
             kms_key_id,
+            tag_specifications,
         } => {
+            if !tag_specifications.is_empty() {
+                body.insert(
+                    "TagSpecifications".into(),
+                    parse_tag_specifications(tag_specifications)?,
+                );
+            }
             put(
                 &mut body,
                 "SourceSnapshotId",

@@ -70,7 +70,7 @@ fn volume_values(volume: &Volume, name: &str) -> Option<Vec<String>> {
                 .collect(),
         ),
         "attachment.status" => Some(volume.attachments.iter().map(|a| a.state.clone()).collect()),
-        _ => None,
+        _ => super::tags::tag_filter_values(&volume.tags, name),
     }
 }
 
@@ -88,7 +88,7 @@ fn snapshot_values(snapshot: &Snapshot, name: &str) -> Option<Vec<String>> {
         "volume-size" => one(snapshot.volume_size.to_string()),
         "owner-id" => one(snapshot.owner_id.clone()),
         "start-time" => one(snapshot.start_time.clone()),
-        _ => None,
+        _ => super::tags::tag_filter_values(&snapshot.tags, name),
     }
 }
 

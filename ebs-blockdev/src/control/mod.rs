@@ -8,6 +8,7 @@ pub mod filters;
 pub mod ids;
 pub mod modification;
 pub mod snapshot;
+pub mod tags;
 pub mod volume;
 pub mod volume_type;
 
@@ -47,6 +48,10 @@ pub enum ControlError {
     #[error("{0}")]
     Unsupported(String),
     #[error("{0}")]
+    TagLimitExceeded(String),
+    #[error("The ID '{0}' is not valid")]
+    InvalidId(String),
+    #[error("{0}")]
     IncorrectModificationState(String),
     #[error("{0}")]
     VolumeModificationRateExceeded(String),
@@ -81,6 +86,8 @@ impl ControlError {
             ControlError::AttachmentNotFound(_) => "InvalidAttachment.NotFound",
             ControlError::SnapshotNotFound(_) => "InvalidSnapshot.NotFound",
             ControlError::Unsupported(_) => "UnsupportedOperation",
+            ControlError::TagLimitExceeded(_) => "TagLimitExceeded",
+            ControlError::InvalidId(_) => "InvalidID",
             ControlError::IncorrectModificationState(_) => "IncorrectModificationState",
             ControlError::VolumeModificationRateExceeded(_) => "VolumeModificationRateExceeded",
             ControlError::IdempotentParameterMismatch(_) => "IdempotentParameterMismatch",

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::ids::{is_valid_resource_id, new_resource_id, now_rfc3339};
+use super::tags::{Tag, TagSpecification};
 use super::ControlError;
 
 /// Account id shown as OwnerId (a single-tenant host).
@@ -41,6 +42,8 @@ pub struct Snapshot {
     /// initialised before they become available).
     #[serde(default)]
     pub fast_restored: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<Tag>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -48,6 +51,8 @@ pub struct Snapshot {
 pub struct CreateSnapshotRequest {
     pub volume_id: String,
     pub description: Option<String>,
+    #[serde(default)]
+    pub tag_specifications: Vec<TagSpecification>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -76,6 +81,8 @@ pub struct CopySnapshotRequest {
     pub description: Option<String>,
     pub encrypted: Option<bool>,
     pub kms_key_id: Option<String>,
+    #[serde(default)]
+    pub tag_specifications: Vec<TagSpecification>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -190,6 +197,7 @@ impl SnapshotTable {
             owner_id: LOCAL_OWNER_ID.into(),
             state_message: None,
             fast_restored: false,
+            tags: Vec::new(),
         };
         self.records
             .insert(snapshot.snapshot_id.clone(), snapshot.clone());

@@ -9,6 +9,7 @@ use super::ids::{
     is_valid_resource_id, new_resource_id, new_secret_token, now_rfc3339, secrets_equal,
 };
 use super::modification::{ModificationRecord, ModificationState, VolumeModification};
+use super::tags::{tags_from_specifications, Tag, TagSpecification};
 use super::volume_type::{resolve_performance, RequestedPerformance, VolumeType, GIB};
 use super::ControlError;
 use std::time::Duration;
@@ -64,6 +65,8 @@ pub struct Volume {
     pub snapshot_id: String,
     pub multi_attach_enabled: bool,
     pub attachments: Vec<VolumeAttachment>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<Tag>,
 }
 
 impl Volume {
@@ -97,6 +100,8 @@ pub struct CreateVolumeRequest {
     pub snapshot_id: Option<String>,
     pub multi_attach_enabled: Option<bool>,
     pub client_token: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tag_specifications: Vec<TagSpecification>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -311,6 +316,7 @@ impl VolumeTable {
                 throughput_mibps: request.throughput,
             },
         )?;
+        let tags = tags_from_specifications(&request.tag_specifications, "volume")?;
         let multi_attach = request.multi_attach_enabled.unwrap_or(false);
         if multi_attach && !volume_type.supports_multi_attach() {
             return Err(ControlError::InvalidParameterCombination(format!(
@@ -331,6 +337,7 @@ impl VolumeTable {
             snapshot_id: request.snapshot_id.clone().unwrap_or_default(),
             multi_attach_enabled: multi_attach,
             attachments: Vec::new(),
+            tags,
         };
         if let Some(token) = &request.client_token {
             if token.is_empty() || token.len() > 64 {
@@ -504,6 +511,10 @@ impl VolumeTable {
         let view = started.view(now);
         record.modification = Some(started);
         Ok(view)
+    }
+
+    pub fn tags_mut(&mut self, volume_id: &str) -> Result<&mut Vec<Tag>, ControlError> {
+        Ok(&mut self.record_mut(volume_id)?.volume.tags)
     }
 
     pub fn modification(

@@ -53,6 +53,8 @@ pub struct StartSnapshotRequest {
     pub client_token: Option<String>,
     pub encrypted: Option<bool>,
     pub kms_key_arn: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<crate::control::tags::Tag>,
 }
 
 /// Largest MaxResults and the page size when none is given.
@@ -157,6 +159,7 @@ impl Service {
                 "Timeout {timeout_minutes} must be between 10 and 4320 minutes"
             )));
         }
+        let tags = crate::control::tags::with_tags(&[], &request.tags, "the new snapshot")?;
         let fingerprint = match &request.client_token {
             Some(token) => {
                 validate_client_token(token)?;
@@ -211,6 +214,7 @@ impl Service {
             key.is_some(),
             key.as_ref().map(|key| key.key_id.clone()),
         );
+        state.snapshots.get_mut(&snapshot.snapshot_id)?.tags = tags;
         if let (Some(token), Some(fingerprint)) = (&request.client_token, &fingerprint) {
             state
                 .snapshots

@@ -15,6 +15,7 @@ mod crypto;
 pub mod direct;
 mod modify;
 mod snapshots;
+mod tags;
 
 use snapshots::Fill;
 

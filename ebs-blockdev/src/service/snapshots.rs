@@ -15,6 +15,7 @@ use crate::control::snapshot::{
     CopySnapshotRequest, CreateSnapshotRequest, DescribeSnapshotsRequest,
     EnableFastSnapshotRestoresRequest, Snapshot, SnapshotState, SnapshotTable,
 };
+use crate::control::tags::tags_from_specifications;
 use crate::control::volume_type::GIB;
 use crate::control::{ControlError, CreateVolumeRequest, Volume, VolumeState};
 use crate::engine::durable::replace_file_atomically;
@@ -212,17 +213,20 @@ impl Service {
         // During a modification the storage may still have the original size.
         let mut volume = volume;
         volume.size = store.size().div_ceil(GIB);
+        let tags = tags_from_specifications(&request.tag_specifications, "snapshot")?;
         // The capture starts now: the snapshot is the volume as of this request.
         let session = store
             .begin_capture()
             .map_err(|error| ControlError::IncorrectState(error.to_string()))?;
-        let snapshot = state.snapshots.insert_pending(
+        let mut snapshot = state.snapshots.insert_pending(
             &volume.volume_id,
             volume.size,
             request.description.as_deref().unwrap_or(""),
             volume.encrypted,
             volume.kms_key_id.clone(),
         );
+        state.snapshots.get_mut(&snapshot.snapshot_id)?.tags = tags.clone();
+        snapshot.tags = tags;
         if let Err(error) = self.persist(&state) {
             state.snapshots.get_mut(&snapshot.snapshot_id)?.state = SnapshotState::Error;
             store.end_capture(false)?;
@@ -379,6 +383,8 @@ impl Service {
         }
         let encrypted =
             request.encrypted.unwrap_or(false) || request.kms_key_id.is_some() || source.encrypted;
+        // The copy gets the tags asked for, not the source's (as in EC2).
+        let tags = tags_from_specifications(&request.tag_specifications, "snapshot")?;
         let copy = state.snapshots.insert_pending(
             &source.volume_id,
             source.volume_size,
@@ -389,6 +395,7 @@ impl Service {
             encrypted,
             request.kms_key_id.clone().or(source.kms_key_id.clone()),
         );
+        state.snapshots.get_mut(&copy.snapshot_id)?.tags = tags;
         let result = (|| -> Result<(), ControlError> {
             manifest.snapshot_id = copy.snapshot_id.clone();
             self.reencrypt_for_copy(
