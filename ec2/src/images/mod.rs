@@ -24,12 +24,14 @@ pub use copy::{
     SnapshotOps,
 };
 pub use describe::{
-    DescribeImagesRequest, LaunchPermissionModifications, ModifyImageAttributeRequest,
+    AttributeValue, DescribeImagesRequest, LaunchPermission, LaunchPermissionModifications,
+    ModifyImageAttributeRequest,
 };
 pub use ebs_blockdev::control::snapshot::{Snapshot, SnapshotState};
 pub use store::ImageStore;
+pub(crate) use validate::check_mapping_shapes;
 pub use validate::{
-    is_valid_device_name, validate_image_name, RegisterImageRequest, TagSpecification,
+    is_valid_device_name, resolve_ebs, validate_image_name, RegisterImageRequest, TagSpecification,
 };
 
 /// Where the image's kernel comes from.
