@@ -169,3 +169,42 @@ fn gp2_burst_credits_are_spent_and_kept_across_an_orderly_restart() {
     );
     assert!(percent < 100.0 && percent > 99.0, "BurstBalance {percent}");
 }
+
+#[test]
+fn gp2_credits_survive_kill_9_and_accrue_while_down() {
+    require_tool("qemu-img");
+    let run = tempfile::tempdir().unwrap();
+    let data_dir = run.path().join("data");
+    let mut daemon = Daemon::start(run.path(), &data_dir);
+    let volume = daemon.cli_ok(&["create-volume", "--size", "10", "--volume-type", "gp2"]);
+    let volume_id = volume["VolumeId"].as_str().unwrap().to_string();
+    let attached = daemon.cli_ok(&[
+        "attach-volume",
+        "--volume-id",
+        &volume_id,
+        "--instance-id",
+        "i-0123456789abcdef0",
+    ]);
+    let export_name = attached["NbdExport"]["ExportName"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    measured_iops(&daemon, &export_name, 6000, true);
+    let balance = || metric(&daemon, "ebs_volume_credit_balance", &volume_id, "gp2");
+    let spent_balance = balance();
+    let measured_at = std::time::Instant::now();
+    assert!(spent_balance < 5_400_000.0 - 5_000.0, "{spent_balance}");
+    // Past the save interval, then a crash and five seconds down.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    daemon.kill_hard();
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    let daemon = Daemon::start(run.path(), &data_dir);
+    let restored = metric(&daemon, "ebs_volume_credit_balance", &volume_id, "gp2");
+    // A 10 GiB gp2 volume earns 100 credits a second, running or not.
+    let expected = spent_balance + 100.0 * measured_at.elapsed().as_secs_f64();
+    assert!(
+        (restored - expected).abs() < 150.0,
+        "after kill -9: {restored} credits, expected {expected:.0} \
+         ({spent_balance} + 100/s for the time since)"
+    );
+}

@@ -265,17 +265,23 @@ impl VolumeQos {
         }
     }
 
-    /// Restores saved balances into the buckets the current policy has.
-    pub fn restore_credit_balances(&self, balances: CreditBalances) {
+    /// Restores saved balances into the buckets the current policy has, plus what the
+    /// buckets earn at their baseline over `elapsed` (the time since they were saved,
+    /// including downtime: EBS volumes accrue credits while nothing uses them), up to
+    /// each bucket's capacity.
+    pub fn restore_credit_balances(&self, balances: CreditBalances, elapsed: Duration) {
         let now = self.clock.now();
         let mut state = self.lock();
+        let earned = |bucket: &TokenBucket| bucket.refill_per_second() * elapsed.as_secs_f64();
         if let (Some(bucket), Some(balance)) = (state.iops_credits.as_mut(), balances.io_credits) {
+            let balance = balance + earned(bucket);
             bucket.set_balance(balance, now);
         }
         if let (Some(bucket), Some(balance)) = (
             state.throughput_credits.as_mut(),
             balances.throughput_credits_mib,
         ) {
+            let balance = balance + earned(bucket);
             bucket.set_balance(balance, now);
         }
     }

@@ -200,12 +200,25 @@ fn credit_balances_round_trip_and_clamp() {
         restarted.credit_balances().io_credits,
         Some(GP2_CREDIT_CAPACITY)
     );
-    restarted.restore_credit_balances(saved);
+    restarted.restore_credit_balances(saved, Duration::ZERO);
     assert!((restarted.credit_balances().io_credits.unwrap() - left).abs() < 1.0);
-    restarted.restore_credit_balances(CreditBalances {
-        io_credits: Some(1e12),
-        throughput_credits_mib: Some(5.0),
-    });
+    // Five seconds down: a 100 GiB gp2 volume earns its 300 IOPS baseline meanwhile.
+    restarted.restore_credit_balances(saved, Duration::from_secs(5));
+    let earned = restarted.credit_balances().io_credits.unwrap() - left;
+    assert!((earned - 1_500.0).abs() < 1.0, "earned {earned}");
+    // A long downtime fills the bucket, never beyond its capacity.
+    restarted.restore_credit_balances(saved, Duration::from_secs(86_400));
+    assert_eq!(
+        restarted.credit_balances().io_credits,
+        Some(GP2_CREDIT_CAPACITY)
+    );
+    restarted.restore_credit_balances(
+        CreditBalances {
+            io_credits: Some(1e12),
+            throughput_credits_mib: Some(5.0),
+        },
+        Duration::ZERO,
+    );
     assert_eq!(
         restarted.credit_balances().io_credits,
         Some(GP2_CREDIT_CAPACITY)

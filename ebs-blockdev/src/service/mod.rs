@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 
+mod credits;
 mod crypto;
 pub mod direct;
 mod modify;
@@ -29,9 +30,7 @@ use crate::crypto::LocalKms;
 use crate::engine::durable::replace_file_atomically;
 use crate::engine::{BlockStore, EngineError};
 use crate::nbd::{Export, ExportProvider, ExportRefusal, IoDirection, IoThrottle};
-use crate::qos::{
-    Clock, CreditBalances, FakeClock, MonotonicClock, QosSnapshot, SystemClock, VolumeQos,
-};
+use crate::qos::{Clock, FakeClock, MonotonicClock, QosSnapshot, SystemClock, VolumeQos};
 use crate::snapshot::SnapshotStorage;
 
 const CONTROL_FILE: &str = "control.json";
@@ -74,6 +73,8 @@ struct OpenVolume {
     store: Arc<BlockStore>,
     counters: Arc<VolumeCounters>,
     qos: Arc<VolumeQos>,
+    /// QoS-counted I/Os when the credit balances were last saved.
+    credits_saved_at_ios: AtomicU64,
     /// Per attached instance: set on detach so its NBD connections stop serving.
     revocations: HashMap<String, Arc<AtomicBool>>,
 }
@@ -258,6 +259,8 @@ pub struct Service {
     /// Wall-clock time since the Unix epoch for deadlines that outlive a restart.
     wall: Arc<dyn Clock>,
     test_clock: Option<Arc<FakeClock>>,
+    /// When credit balances were last saved (see `credits`).
+    credits_saved: Mutex<std::time::Instant>,
     storage: Arc<SnapshotStorage>,
     kms: LocalKms,
     state: Mutex<ServiceState>,
@@ -270,39 +273,6 @@ fn new_qos(
 ) -> Result<Arc<VolumeQos>, ControlError> {
     let policy = modify::qos_policy(volume, modification)?;
     Ok(Arc::new(VolumeQos::new(policy, Arc::clone(clock))))
-}
-
-/// Credit balances saved at an orderly shutdown, read (and removed) at the next start; a
-/// crash loses them and the buckets start full, as for a new volume.
-const QOS_CREDITS_FILE: &str = "qos-credits.json";
-
-fn save_credits(qos: &VolumeQos, directory: &Path) {
-    let balances = qos.credit_balances();
-    if balances == CreditBalances::default() {
-        return;
-    }
-    let saved = serde_json::to_vec(&balances)
-        .map_err(|error| error.to_string())
-        .and_then(|encoded| {
-            replace_file_atomically(&directory.join(QOS_CREDITS_FILE), &encoded)
-                .map_err(|error| error.to_string())
-        });
-    if let Err(error) = saved {
-        log::warn!("{}: cannot save QoS credits: {error}", directory.display());
-    }
-}
-
-fn restore_credits(qos: &VolumeQos, directory: &Path) {
-    let path = directory.join(QOS_CREDITS_FILE);
-    let Ok(bytes) = fs::read(&path) else { return };
-    match serde_json::from_slice::<CreditBalances>(&bytes) {
-        Ok(balances) => qos.restore_credit_balances(balances),
-        Err(error) => log::warn!(
-            "{}: ignoring unreadable QoS credits: {error}",
-            path.display()
-        ),
-    }
-    let _ = fs::remove_file(&path);
 }
 
 fn io_error(context: &str) -> impl FnOnce(io::Error) -> ControlError + '_ {
@@ -390,13 +360,14 @@ impl Service {
                             })
                             .collect();
                         let qos = new_qos(&volume, table.modification(&volume.volume_id)?, &clock)?;
-                        restore_credits(&qos, &directory);
+                        credits::restore(&qos, &directory);
                         open.insert(
                             volume.volume_id.clone(),
                             OpenVolume {
                                 store,
                                 counters: Arc::default(),
                                 qos,
+                                credits_saved_at_ios: AtomicU64::new(0),
                                 revocations,
                             },
                         );
@@ -414,6 +385,7 @@ impl Service {
             clock,
             wall,
             test_clock,
+            credits_saved: Mutex::new(std::time::Instant::now()),
             storage,
             kms,
             state: Mutex::new(ServiceState {
@@ -446,6 +418,7 @@ impl Service {
     pub fn housekeeping(&self) {
         self.expire_direct_uploads();
         self.advance_modifications();
+        self.save_spent_credits();
     }
 
     /// Runs [`Service::housekeeping`] every second until the service is dropped.
@@ -537,6 +510,7 @@ impl Service {
                 store: Arc::clone(&store),
                 counters: Arc::default(),
                 qos,
+                credits_saved_at_ios: AtomicU64::new(0),
                 revocations: HashMap::new(),
             },
         );
@@ -677,7 +651,7 @@ impl Service {
             if let Err(error) = open.store.shut_down() {
                 log::error!("{volume_id}: close failed: {error}");
             }
-            save_credits(&open.qos, open.store.directory());
+            credits::save(&open.qos, open.store.directory());
         }
     }
 
