@@ -121,15 +121,23 @@ impl Passthrough {
         log::info!("vfio: {total} bytes of guest memory mapped for DMA");
         Ok(())
     }
-}
 
-impl Drop for Passthrough {
-    fn drop(&mut self) {
+    /// Remove the DMA mappings. Must run while a group is still in the
+    /// container: once the last group leaves, the container has no IOMMU
+    /// driver and every unmap fails with EINVAL (the kernel then drops the
+    /// mappings itself, but silently, and we would only log noise).
+    pub fn unmap_all(&mut self) {
         for (iova, len) in self.mapped.drain(..) {
             if let Err(e) = self.container.vfio_dma_unmap(iova, len as usize) {
                 log::warn!("vfio: DMA unmap {iova:#x}+{len:#x}: {e}");
             }
         }
+    }
+}
+
+impl Drop for Passthrough {
+    fn drop(&mut self) {
+        self.unmap_all();
     }
 }
 

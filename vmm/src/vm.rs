@@ -706,5 +706,11 @@ impl Vm {
 impl Drop for Vm {
     fn drop(&mut self) {
         self.stop();
+        // Before the fields drop: the PCI root (declared first) holds the
+        // VFIO devices, whose groups must still be in the container when
+        // guest memory is unmapped from the IOMMU.
+        if let Some(p) = self.passthrough.as_mut() {
+            p.unmap_all();
+        }
     }
 }

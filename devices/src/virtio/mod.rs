@@ -24,6 +24,10 @@ use crate::pci::MsixConfig;
 
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
+/// Descriptor tables in guest memory (virtio-queue walks them, bounded by
+/// the table's length): a 64 KiB TSO frame or a large block request then
+/// takes one ring slot instead of up to 18.
+pub const VIRTIO_RING_F_INDIRECT_DESC: u64 = 1 << 28;
 
 pub const TYPE_NET: u32 = 1;
 pub const TYPE_BLOCK: u32 = 2;

@@ -8,15 +8,16 @@
 //! or the tap are copied into the guest's receive buffers; when the guest
 //! has none posted, the tap stops being polled until it posts more.
 
+mod iov;
 pub mod tap;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use virtio_queue::{Queue, QueueOwnedT, QueueT, Reader, Writer};
+use virtio_queue::{Queue, QueueOwnedT, QueueT, Writer};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
@@ -25,6 +26,7 @@ use super::{
     ActivateError, InterruptKind, VirtioDevice, VirtioInterrupt, TYPE_NET, VIRTIO_RING_F_EVENT_IDX,
 };
 use crate::rate_limiter::{RateLimiter, RateLimiterConfig};
+use iov::GuestIovecs;
 pub use tap::{Tap, VNET_HDR_LEN};
 
 const QUEUE_SIZE: u16 = 256;
@@ -34,6 +36,9 @@ const MAX_FRAME: usize = 65_562;
 const F_CSUM: u64 = 1 << 0;
 const F_GUEST_CSUM: u64 = 1 << 1;
 const F_MTU: u64 = 1 << 3;
+const F_GUEST_TSO4: u64 = 1 << 7;
+const F_GUEST_TSO6: u64 = 1 << 8;
+const F_GUEST_ECN: u64 = 1 << 9;
 const F_MAC: u64 = 1 << 5;
 const F_HOST_TSO4: u64 = 1 << 11;
 const F_HOST_TSO6: u64 = 1 << 12;
@@ -45,6 +50,13 @@ const LINK_UP: u16 = 1;
 
 /// Frames the VMM answers itself, on the guest's side of the tap.
 pub trait FrameHook: Send {
+    /// Whether a guest frame starting with `head` (its first bytes from
+    /// the Ethernet header on, up to 64) may be for the hook. Frames it
+    /// cannot claim go to the tap straight from guest memory, without the
+    /// copy and checksum completion `guest_sent` needs.
+    fn may_claim(&self, _head: &[u8]) -> bool {
+        true
+    }
     /// A frame the guest sent. True: consumed (it does not go to the tap).
     fn guest_sent(&mut self, frame: &[u8], now: Instant) -> bool;
     /// Next frame for the guest, if any.
@@ -133,6 +145,9 @@ impl VirtioDevice for Net {
             | F_HOST_TSO4
             | F_HOST_TSO6
             | F_HOST_ECN
+            | F_GUEST_TSO4
+            | F_GUEST_TSO6
+            | F_GUEST_ECN
             | VIRTIO_RING_F_EVENT_IDX;
         if self.cfg.mtu.is_some() {
             f |= F_MTU;
@@ -167,12 +182,11 @@ impl VirtioDevice for Net {
             .tap
             .take()
             .ok_or_else(|| ActivateError::Queues("tap already in use".into()))?;
-        // The guest can take partial checksums only if it said so.
-        let offload = if self.acked & F_GUEST_CSUM != 0 {
-            tap::TUN_F_CSUM
-        } else {
-            0
-        };
+        // The tap may hand us what the guest said it takes: partial
+        // checksums, and then TCP segments up to 64 KiB (GSO), which the
+        // guest's driver receives into "big packet" buffers (one chain of
+        // 64 KiB; without mergeable buffers every frame fits one chain).
+        let offload = tap_offload(self.acked);
         if let Err(e) = tap.set_offload(offload) {
             log::warn!("virtio-net: TUNSETOFFLOAD: {e}");
         }
@@ -238,6 +252,25 @@ struct NetWorker {
 
 /// Complete a partial checksum (NEEDS_CSUM) in software, for frames the
 /// VMM consumes itself instead of the host stack.
+/// TUNSETOFFLOAD flags for the features the guest acked.
+fn tap_offload(acked: u64) -> u32 {
+    if acked & F_GUEST_CSUM == 0 {
+        // Without checksum offload the tap must not hand over GSO frames.
+        return 0;
+    }
+    let mut flags = tap::TUN_F_CSUM;
+    if acked & F_GUEST_TSO4 != 0 {
+        flags |= tap::TUN_F_TSO4;
+    }
+    if acked & F_GUEST_TSO6 != 0 {
+        flags |= tap::TUN_F_TSO6;
+    }
+    if acked & F_GUEST_ECN != 0 && flags & (tap::TUN_F_TSO4 | tap::TUN_F_TSO6) != 0 {
+        flags |= tap::TUN_F_TSO_ECN;
+    }
+    flags
+}
+
 pub fn complete_checksum(hdr: &[u8], frame: &mut [u8]) {
     if hdr.first().copied().unwrap_or(0) & HDR_F_NEEDS_CSUM == 0 || hdr.len() < 10 {
         return;
@@ -363,16 +396,16 @@ impl NetWorker {
                     }
                 }
                 let head = chain.head_index();
-                match Reader::new(&mem, chain) {
-                    Ok(mut reader) => {
-                        let len = reader.available_bytes();
-                        if !(VNET_HDR_LEN..=MAX_FRAME).contains(&len) {
-                            log::debug!("virtio-net: dropping TX chain of {len} bytes");
-                        } else if reader.read_exact(&mut self.buf[..len]).is_ok() {
-                            self.transmit(len);
-                        }
+                match GuestIovecs::from_chain(&mem, chain, false) {
+                    Some(iov) if (VNET_HDR_LEN..=MAX_FRAME).contains(&iov.len()) => {
+                        self.transmit(&iov)
                     }
-                    Err(e) => log::warn!("virtio-net: TX chain outside guest memory: {e:?}"),
+                    Some(iov) => {
+                        log::debug!("virtio-net: dropping TX chain of {} bytes", iov.len())
+                    }
+                    None => log::warn!(
+                        "virtio-net: TX chain outside guest memory or with device-writable buffers"
+                    ),
                 }
                 if let Err(e) = self.tx.add_used(&mem, head, 0) {
                     log::warn!("virtio-net: {e:?}");
@@ -397,43 +430,29 @@ impl NetWorker {
         }
     }
 
-    fn transmit(&mut self, len: usize) {
-        let (hdr, frame) = self.buf[..len].split_at_mut(VNET_HDR_LEN);
+    fn transmit(&mut self, iov: &GuestIovecs) {
+        let len = iov.len();
         if let Some(hook) = self.hook.as_mut() {
-            // The hook sees a frame with complete checksums.
-            let mut copy = frame.to_vec();
-            complete_checksum(hdr, &mut copy);
-            if hook.guest_sent(&copy, Instant::now()) {
+            let mut head = [0u8; VNET_HDR_LEN + 64];
+            let n = iov.read_prefix(&mut head);
+            if hook.may_claim(&head[VNET_HDR_LEN..n]) {
+                iov.read_prefix(&mut self.buf[..len]);
+                let (hdr, frame) = self.buf[..len].split_at_mut(VNET_HDR_LEN);
+                // The hook sees a frame with complete checksums.
+                let mut copy = frame.to_vec();
+                complete_checksum(hdr, &mut copy);
+                if hook.guest_sent(&copy, Instant::now()) {
+                    return;
+                }
+                if let Err(e) = self.tap.write_frame(&self.buf[..len]) {
+                    log::debug!("virtio-net: tap write: {e}");
+                }
                 return;
             }
         }
-        if let Err(e) = self.tap.write_frame(&self.buf[..len]) {
+        // Straight from guest memory: the kernel's copy is the only one.
+        if let Err(e) = self.tap.write_vectored(iov.as_iovecs(), len) {
             log::debug!("virtio-net: tap write: {e}");
-        }
-    }
-
-    /// Next frame for the guest (vnet header included), hook replies first.
-    fn next_frame(&mut self) -> Option<Vec<u8>> {
-        if let Some(p) = self.pending.take() {
-            return Some(p);
-        }
-        if let Some(frame) = self
-            .hook
-            .as_mut()
-            .and_then(|h| h.poll_to_guest(Instant::now()))
-        {
-            let mut f = vec![0u8; VNET_HDR_LEN];
-            f.extend_from_slice(&frame);
-            return Some(f);
-        }
-        match self.tap.read_frame(&mut self.buf) {
-            Ok(n) if n >= VNET_HDR_LEN => Some(self.buf[..n].to_vec()),
-            Ok(_) => None,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
-            Err(e) => {
-                log::debug!("virtio-net: tap read: {e}");
-                None
-            }
         }
     }
 
@@ -454,59 +473,157 @@ impl NetWorker {
         }
     }
 
+    /// Frames queued inside the VMM (held back, or from the hook), which
+    /// take the copy path; tap frames are read in `process_rx`.
+    fn queued_frame(&mut self) -> Option<Vec<u8>> {
+        if let Some(p) = self.pending.take() {
+            return Some(p);
+        }
+        let frame = self
+            .hook
+            .as_mut()
+            .and_then(|h| h.poll_to_guest(Instant::now()))?;
+        let mut f = vec![0u8; VNET_HDR_LEN];
+        f.extend_from_slice(&frame);
+        Some(f)
+    }
+
+    /// Copy one frame into the guest's next receive buffer.
+    fn deliver_copy(&mut self, mem: &GuestMemoryMmap, mut frame: Vec<u8>) -> RxStep {
+        if !self.rx_limiter.is_unlimited() {
+            let now = Instant::now();
+            if let Err(wait) = self.rx_limiter.consume(frame.len() as u64, now) {
+                // Hold the frame (and stop reading the tap) until the
+                // limiter refills.
+                self.pending = Some(frame);
+                self.rx_blocked_until = Some(now + wait);
+                return RxStep::Stop;
+            }
+        }
+        let Some(chain) = self.rx.pop_descriptor_chain(mem) else {
+            self.pending = Some(frame);
+            return RxStep::NoBuffers;
+        };
+        let head = chain.head_index();
+        // num_buffers = 1: each frame fits one chain (no MRG_RXBUF).
+        frame[10..12].copy_from_slice(&1u16.to_le_bytes());
+        let written = match Writer::new(mem, chain) {
+            Ok(mut w) if w.available_bytes() >= frame.len() => match w.write_all(&frame) {
+                Ok(()) => frame.len() as u32,
+                Err(_) => 0,
+            },
+            Ok(w) => {
+                log::debug!(
+                    "virtio-net: dropping {}-byte frame, guest buffer holds {}",
+                    frame.len(),
+                    w.available_bytes()
+                );
+                0
+            }
+            Err(e) => {
+                log::warn!("virtio-net: RX chain outside guest memory: {e:?}");
+                0
+            }
+        };
+        if let Err(e) = self.rx.add_used(mem, head, written) {
+            log::warn!("virtio-net: {e:?}");
+        }
+        RxStep::Delivered
+    }
+
+    /// Read one tap frame into the guest's next receive buffer: straight
+    /// into guest memory when the buffer holds any frame the tap can give
+    /// (64 KiB "big packet" buffers), else through `buf` (small buffers:
+    /// a frame too big for them is dropped rather than truncated).
+    fn deliver_from_tap(&mut self, mem: &GuestMemoryMmap) -> RxStep {
+        if !self.rx_limiter.is_unlimited() {
+            // The limiter needs the frame's size before it is delivered.
+            return match self.read_tap() {
+                Some(frame) => self.deliver_copy(mem, frame),
+                None => RxStep::TapEmpty,
+            };
+        }
+        let Some(chain) = self.rx.pop_descriptor_chain(mem) else {
+            return RxStep::NoBuffers;
+        };
+        let head = chain.head_index();
+        let Some(iov) = GuestIovecs::from_chain(mem, chain, true) else {
+            log::warn!("virtio-net: RX chain outside guest memory or with read-only buffers");
+            if let Err(e) = self.rx.add_used(mem, head, 0) {
+                log::warn!("virtio-net: {e:?}");
+            }
+            return RxStep::Delivered;
+        };
+        if iov.len() < MAX_FRAME {
+            self.rx.go_to_previous_position();
+            return match self.read_tap() {
+                Some(frame) => self.deliver_copy(mem, frame),
+                None => RxStep::TapEmpty,
+            };
+        }
+        match self.tap.read_vectored(iov.as_iovecs()) {
+            Ok(n) if n >= VNET_HDR_LEN => {
+                iov.write_at(10, &1u16.to_le_bytes());
+                if let Err(e) = self.rx.add_used(mem, head, n as u32) {
+                    log::warn!("virtio-net: {e:?}");
+                }
+                RxStep::Delivered
+            }
+            Ok(_) => {
+                self.rx.go_to_previous_position();
+                RxStep::TapEmpty
+            }
+            Err(e) => {
+                if e.kind() != std::io::ErrorKind::WouldBlock {
+                    log::debug!("virtio-net: tap read: {e}");
+                }
+                self.rx.go_to_previous_position();
+                RxStep::TapEmpty
+            }
+        }
+    }
+
+    fn read_tap(&mut self) -> Option<Vec<u8>> {
+        match self.tap.read_frame(&mut self.buf) {
+            Ok(n) if n >= VNET_HDR_LEN => Some(self.buf[..n].to_vec()),
+            Ok(_) => None,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
+            Err(e) => {
+                log::debug!("virtio-net: tap read: {e}");
+                None
+            }
+        }
+    }
+
     fn process_rx(&mut self, epoll: &Epoll) {
         self.rx_blocked_until = None;
         let mem = self.mem.clone();
         let mut delivered = false;
-        while let Some(mut frame) = self.next_frame() {
-            if !self.rx_limiter.is_unlimited() {
-                let now = Instant::now();
-                if let Err(wait) = self.rx_limiter.consume(frame.len() as u64, now) {
-                    // Hold the frame (and stop reading the tap) until the
-                    // limiter refills.
-                    self.pending = Some(frame);
-                    self.set_tap_polling(epoll, false);
-                    self.rx_blocked_until = Some(now + wait);
+        let mut out_of_buffers = false;
+        loop {
+            let step = match self.queued_frame() {
+                Some(frame) => self.deliver_copy(&mem, frame),
+                None => self.deliver_from_tap(&mem),
+            };
+            match step {
+                RxStep::Delivered => delivered = true,
+                RxStep::TapEmpty | RxStep::Stop => break,
+                RxStep::NoBuffers => {
+                    // Ask for a kick when the guest posts buffers; if it
+                    // posted some meanwhile, go on.
+                    if let Ok(true) = self.rx.enable_notification(&mem) {
+                        continue;
+                    }
+                    out_of_buffers = true;
                     break;
                 }
             }
-            let Some(chain) = self.rx.pop_descriptor_chain(&mem) else {
-                // No buffer: keep the frame and stop polling the tap until
-                // the guest posts buffers (RX kick).
-                self.pending = Some(frame);
-                self.set_tap_polling(epoll, false);
-                let _ = self.rx.enable_notification(&mem);
-                break;
-            };
-            let head = chain.head_index();
-            // num_buffers = 1: each frame fits one chain (no MRG_RXBUF).
-            frame[10..12].copy_from_slice(&1u16.to_le_bytes());
-            let written = match Writer::new(&mem, chain) {
-                Ok(mut w) if w.available_bytes() >= frame.len() => match w.write_all(&frame) {
-                    Ok(()) => frame.len() as u32,
-                    Err(_) => 0,
-                },
-                Ok(w) => {
-                    log::debug!(
-                        "virtio-net: dropping {}-byte frame, guest buffer holds {}",
-                        frame.len(),
-                        w.available_bytes()
-                    );
-                    0
-                }
-                Err(e) => {
-                    log::warn!("virtio-net: RX chain outside guest memory: {e:?}");
-                    0
-                }
-            };
-            if let Err(e) = self.rx.add_used(&mem, head, written) {
-                log::warn!("virtio-net: {e:?}");
-            }
-            delivered = true;
         }
-        if self.pending.is_none() && self.rx_blocked_until.is_none() {
-            self.set_tap_polling(epoll, true);
-        }
+        // The tap is polled only while its frames can go somewhere: not
+        // while the guest has no buffers or the limiter holds a frame
+        // (level-triggered epoll would spin on a readable tap).
+        let can_take = !out_of_buffers && self.pending.is_none() && self.rx_blocked_until.is_none();
+        self.set_tap_polling(epoll, can_take);
         if delivered {
             let mut q = std::mem::replace(
                 &mut self.rx,
@@ -518,7 +635,17 @@ impl NetWorker {
     }
 }
 
-/// QUEUE_SIZE is a valid queue size, so `Queue::new` cannot fail above.
+/// What one receive step did.
+enum RxStep {
+    Delivered,
+    /// No frame waiting in the tap.
+    TapEmpty,
+    /// The guest has no receive buffer posted.
+    NoBuffers,
+    /// The RX limiter holds the next frame.
+    Stop,
+}
+
 fn unreachable_queue() -> Queue {
     Queue::new(1).unwrap_or_else(|_| panic!("a queue of size 1 is always valid"))
 }
@@ -529,6 +656,23 @@ pub type SharedNet = Arc<Mutex<Net>>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tap_offloads_follow_the_guests_features() {
+        assert_eq!(tap_offload(0), 0);
+        // TSO without checksum offload is not a valid combination for tun.
+        assert_eq!(tap_offload(F_GUEST_TSO4 | F_GUEST_TSO6), 0);
+        assert_eq!(tap_offload(F_GUEST_CSUM), tap::TUN_F_CSUM);
+        assert_eq!(
+            tap_offload(F_GUEST_CSUM | F_GUEST_TSO4 | F_GUEST_ECN),
+            tap::TUN_F_CSUM | tap::TUN_F_TSO4 | tap::TUN_F_TSO_ECN
+        );
+        assert_eq!(
+            tap_offload(F_GUEST_CSUM | F_GUEST_TSO4 | F_GUEST_TSO6),
+            tap::TUN_F_CSUM | tap::TUN_F_TSO4 | tap::TUN_F_TSO6
+        );
+        assert_eq!(tap_offload(F_GUEST_CSUM | F_GUEST_ECN), tap::TUN_F_CSUM);
+    }
 
     #[test]
     fn completes_a_partial_tcp_checksum() {

@@ -18,7 +18,9 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{VirtioDevice, VirtioInterrupt, NO_VECTOR, VIRTIO_F_VERSION_1};
+use super::{
+    VirtioDevice, VirtioInterrupt, NO_VECTOR, VIRTIO_F_VERSION_1, VIRTIO_RING_F_INDIRECT_DESC,
+};
 use crate::pci::config::COMMAND;
 use crate::pci::msix::MSIX_CAP_ID;
 use crate::pci::{
@@ -189,7 +191,7 @@ impl VirtioPciDevice {
     }
 
     fn features(&self) -> u64 {
-        self.device.avail_features() | VIRTIO_F_VERSION_1
+        self.device.avail_features() | VIRTIO_F_VERSION_1 | VIRTIO_RING_F_INDIRECT_DESC
     }
 
     fn selected_queue(&mut self) -> Option<&mut Queue> {

@@ -15,6 +15,7 @@ const IFF_VNET_HDR: libc::c_short = 0x4000;
 pub const TUN_F_CSUM: u32 = 0x01;
 pub const TUN_F_TSO4: u32 = 0x02;
 pub const TUN_F_TSO6: u32 = 0x04;
+pub const TUN_F_TSO_ECN: u32 = 0x08;
 
 /// Size of `virtio_net_hdr_v1` (virtio 1.x: always includes num_buffers).
 pub const VNET_HDR_LEN: usize = 12;
@@ -94,6 +95,35 @@ impl Tap {
     /// Read one frame (with its vnet header); WouldBlock when none.
     pub fn read_frame(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.file.read(buf)
+    }
+
+    /// Read one frame (with its vnet header) straight into `iovecs`;
+    /// WouldBlock when none.
+    pub fn read_vectored(&self, iovecs: &[libc::iovec]) -> io::Result<usize> {
+        let count = iovecs.len().min(libc::UIO_MAXIOV as usize) as libc::c_int;
+        // SAFETY: every iovec describes writable memory that stays valid for
+        // the call (guest memory held by the caller's slices); the kernel
+        // writes at most iov_len bytes to each.
+        let n = unsafe { libc::readv(self.file.as_raw_fd(), iovecs.as_ptr(), count) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n as usize)
+    }
+
+    /// Write one frame (with its vnet header) gathered from `iovecs`.
+    pub fn write_vectored(&self, iovecs: &[libc::iovec], len: usize) -> io::Result<()> {
+        let count = iovecs.len().min(libc::UIO_MAXIOV as usize) as libc::c_int;
+        // SAFETY: every iovec describes readable memory that stays valid for
+        // the call; the kernel only reads from it.
+        let n = unsafe { libc::writev(self.file.as_raw_fd(), iovecs.as_ptr(), count) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if n as usize != len {
+            return Err(io::Error::other(format!("short tap write: {n} of {len}")));
+        }
+        Ok(())
     }
 
     /// Write one frame (with its vnet header).
