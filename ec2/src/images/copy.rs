@@ -85,7 +85,14 @@ impl SnapshotOps for EbsdSnapshots {
         if let Some(key) = &request.kms_key_id {
             body["KmsKeyId"] = json!(key);
         }
-        decode_snapshot(self.client.call("CopySnapshot", &body).map_err(from_api)?)
+        // EC2's CopySnapshot answers with the new id only; the record comes from
+        // DescribeSnapshots.
+        let reply = self.client.call("CopySnapshot", &body).map_err(from_api)?;
+        let snapshot_id = reply["SnapshotId"].as_str().ok_or_else(|| {
+            Ec2Error::internal(format!("CopySnapshot sent no SnapshotId: {reply}"))
+        })?;
+        self.describe_snapshot(snapshot_id)?
+            .ok_or_else(|| Ec2Error::internal(format!("copied snapshot {snapshot_id} vanished")))
     }
 
     fn delete_snapshot(&self, snapshot_id: &str) -> Result<(), Ec2Error> {

@@ -236,12 +236,14 @@ pub fn validate_network_interfaces(interfaces: &[NetworkInterfaceRequest]) -> Re
         }
         match interface.interface_type.as_deref() {
             None | Some("interface") => {}
-            Some(kind @ ("efa" | "efa-only" | "trunk")) => return Err(Ec2Error::new(
-                ErrorCode::Unsupported,
-                format!(
+            Some(kind @ ("efa" | "efa-only" | "trunk")) => {
+                return Err(Ec2Error::new(
+                    ErrorCode::Unsupported,
+                    format!(
                     "The requested configuration is currently not supported: interface type {kind}"
                 ),
-            )),
+                ))
+            }
             Some(other) => {
                 one_of(
                     "InterfaceType",
