@@ -33,6 +33,9 @@ pub(super) struct DirectUpload {
     checksums: BTreeMap<u64, String>,
     /// The snapshot's data key when it is encrypted: blocks are stored encrypted.
     key: Option<VolumeKey>,
+    /// Keeps collections (of every daemon sharing the store) from deleting the blocks
+    /// put so far, which no manifest references yet; released with the upload.
+    _shared: crate::snapshot::locks::StoreLock,
     /// How long the upload may go without a new block before it is cancelled.
     timeout: Duration,
     /// Wall-clock time (since the Unix epoch) at which it is cancelled unless completed;
@@ -178,6 +181,7 @@ impl Service {
             }
             None => None,
         };
+        let shared = self.storage.lock_shared(&self.lock_owner())?;
         let parent = match &request.parent_snapshot_id {
             Some(parent_id) => {
                 let (parent, manifest) = self.completed_manifest(parent_id)?;
@@ -230,6 +234,7 @@ impl Service {
                 written: BTreeMap::new(),
                 checksums: BTreeMap::new(),
                 key,
+                _shared: shared,
                 timeout,
                 deadline: self.wall.now() + timeout,
             },

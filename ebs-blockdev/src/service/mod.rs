@@ -261,6 +261,7 @@ pub struct Service {
     test_clock: Option<Arc<FakeClock>>,
     /// When credit balances were last saved (see `credits`).
     credits_saved: Mutex<std::time::Instant>,
+    locks_refreshed: Mutex<std::time::Instant>,
     storage: Arc<SnapshotStorage>,
     kms: LocalKms,
     state: Mutex<ServiceState>,
@@ -386,6 +387,7 @@ impl Service {
             wall,
             test_clock,
             credits_saved: Mutex::new(std::time::Instant::now()),
+            locks_refreshed: Mutex::new(std::time::Instant::now()),
             storage,
             kms,
             state: Mutex::new(ServiceState {
@@ -396,6 +398,7 @@ impl Service {
             }),
         });
         service.persist(&service.lock())?;
+        service.publish_all_roots();
         for (store, directory, volume_id) in to_fill {
             snapshots::spawn_background_fill(store, directory, volume_id);
         }
@@ -419,6 +422,19 @@ impl Service {
         self.expire_direct_uploads();
         self.advance_modifications();
         self.save_spent_credits();
+        self.refresh_store_locks();
+    }
+
+    /// Keeps this daemon's object-store locks fresh (well within their lease).
+    fn refresh_store_locks(&self) {
+        let mut last = self
+            .locks_refreshed
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if last.elapsed() >= crate::snapshot::locks::LEASE / 10 {
+            *last = std::time::Instant::now();
+            self.storage.refresh_locks();
+        }
     }
 
     /// Runs [`Service::housekeeping`] every second until the service is dropped.
@@ -435,6 +451,29 @@ impl Service {
             });
         if let Err(error) = spawned {
             log::error!("cannot start the housekeeping thread: {error}");
+        }
+    }
+
+    /// Publishes every local volume's roots (data directories from versions that kept
+    /// them only locally, or a crash between a local write and its publication).
+    fn publish_all_roots(&self) {
+        let published = self
+            .storage
+            .lock_shared(&self.lock_owner())
+            .map_err(ControlError::from)
+            .and_then(|_shared| {
+                let state = self.lock();
+                for volume_id in state.open.keys() {
+                    snapshots::publish_roots(
+                        &self.storage,
+                        volume_id,
+                        &self.volume_directory(volume_id),
+                    )?;
+                }
+                Ok(())
+            });
+        if let Err(error) = published {
+            log::error!("cannot publish volume roots to the object store: {error}");
         }
     }
 
@@ -562,6 +601,9 @@ impl Service {
             }
         }
         BlockStore::destroy(&self.volume_directory(volume_id))?;
+        if let Err(error) = self.storage.delete_volume_roots(volume_id) {
+            log::warn!("{volume_id}: cannot remove its published roots: {error}");
+        }
         state.table.finish_delete(volume_id)?;
         self.persist(&state)?;
         log::info!("deleted {volume_id}");

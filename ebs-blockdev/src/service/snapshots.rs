@@ -20,6 +20,7 @@ use crate::control::volume_type::GIB;
 use crate::control::{ControlError, CreateVolumeRequest, Volume, VolumeState};
 use crate::engine::durable::replace_file_atomically;
 use crate::engine::{BlockSource, BlockStore, BLOCK_SIZE};
+use crate::snapshot::locks::LockKind;
 use crate::snapshot::manifest::{manifest_key, MANIFEST_FORMAT_VERSION};
 use crate::snapshot::{upload_capture, Manifest, ManifestSource, SnapshotError, SnapshotStorage};
 
@@ -75,6 +76,26 @@ pub(super) fn write_block_list(
     replace_file_atomically(&directory.join(name), &encoded).map_err(|error| {
         ControlError::Internal(format!("write {}/{name}: {error}", directory.display()))
     })
+}
+
+/// Publishes the blocks a volume needs (its base and hydration source) to the object
+/// store, so that the collections of every daemon sharing the store keep them. Call
+/// with a shared store lock held.
+pub(super) fn publish_roots(
+    storage: &SnapshotStorage,
+    volume_id: &str,
+    directory: &Path,
+) -> Result<(), ControlError> {
+    let mut blocks = std::collections::BTreeSet::new();
+    for name in [BASE_BLOCKS, SOURCE_BLOCKS] {
+        if let Some(list) = read_block_list(directory, name)? {
+            blocks.extend(list.into_values());
+        }
+    }
+    if blocks.is_empty() {
+        return Ok(storage.delete_volume_roots(volume_id)?);
+    }
+    Ok(storage.put_volume_roots(volume_id, &blocks)?)
 }
 
 /// Snapshots that were pending when the daemon stopped cannot resume: their capture
@@ -153,6 +174,8 @@ impl Service {
             ));
         }
         let snapshot = state.snapshots.completed(&volume.snapshot_id)?.clone();
+        // Held until the volume's roots are published: no collection runs in between.
+        let _shared = self.storage.lock_shared(&self.lock_owner())?;
         let manifest = self
             .storage
             .get_manifest(&snapshot.snapshot_id)?
@@ -180,6 +203,7 @@ impl Service {
         write_block_list(&directory, BASE_BLOCKS, &manifest.blocks)?;
         let key = key.map(|key| (key.key_id, key.wrapped));
         write_block_list(&directory, SOURCE_BLOCKS, &manifest.blocks)?;
+        publish_roots(&self.storage, &volume.volume_id, &directory)?;
         let fill = if snapshot.fast_restored {
             Fill::BeforeAvailable
         } else {
@@ -254,6 +278,8 @@ impl Service {
         session: &crate::engine::CaptureSession,
     ) {
         let result = (|| -> Result<(), ControlError> {
+            // Blocks found already stored are reused: no collection may run meanwhile.
+            let _shared = self.storage.lock_shared(&self.lock_owner())?;
             let base = read_block_list(directory, BASE_BLOCKS)?.unwrap_or_default();
             let mut last_percent = 0;
             let blocks = upload_capture(&self.storage, store, &base, session, |done, total| {
@@ -279,6 +305,7 @@ impl Service {
             self.storage.put_manifest(&manifest)?;
             if directory.exists() {
                 write_block_list(directory, BASE_BLOCKS, &manifest.blocks)?;
+                publish_roots(&self.storage, &volume.volume_id, directory)?;
             }
             log::info!(
                 "{snapshot_id}: completed, {} changed blocks uploaded",
@@ -343,8 +370,29 @@ impl Service {
         if uploading {
             return Ok(None);
         }
+        // Other daemons sharing the store may be uploading: their shared locks defer it.
+        let Some(_exclusive) = self
+            .storage
+            .try_lock(LockKind::Exclusive, &self.lock_owner())?
+        else {
+            log::info!("garbage collection deferred: the object store is in use");
+            return Ok(None);
+        };
+        let stale = self.storage.remove_stale_locks()?;
+        if stale > 0 {
+            log::warn!("removed {stale} expired object-store locks of stopped daemons");
+        }
         let roots = self.volume_block_roots()?;
         Ok(Some(self.storage.collect_garbage(&roots)?))
+    }
+
+    /// Names this daemon in the object-store locks it takes.
+    pub(super) fn lock_owner(&self) -> String {
+        format!(
+            "ebsd pid {} data {}",
+            std::process::id(),
+            self.config.data_dir.display()
+        )
     }
 
     /// Base and hydration-source block lists of every volume on this host.
@@ -364,6 +412,8 @@ impl Service {
     }
 
     pub fn copy_snapshot(&self, request: &CopySnapshotRequest) -> Result<Snapshot, ControlError> {
+        // The copy's manifest reuses stored blocks: no collection may run meanwhile.
+        let _shared = self.storage.lock_shared(&self.lock_owner())?;
         let mut state = self.lock();
         let source = state
             .snapshots

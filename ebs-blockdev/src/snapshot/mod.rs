@@ -1,6 +1,7 @@
 //! Snapshots in an object store: uploading a volume's changed blocks (incremental),
 //! serving blocks back for lazy hydration, and collecting blocks no snapshot uses.
 
+pub mod locks;
 pub mod manifest;
 pub mod storage;
 
@@ -21,6 +22,8 @@ pub enum SnapshotError {
     Engine(#[from] EngineError),
     #[error("snapshot data is corrupt: {0}")]
     Corrupt(String),
+    #[error("object store busy: {0}")]
+    Busy(String),
 }
 
 /// Blocks of a snapshot, fetched from the object store and verified against their hash.
@@ -108,6 +111,8 @@ impl SnapshotStorage {
         for root in extra_roots {
             referenced.extend(root.values().cloned());
         }
+        // Blocks volumes of every daemon sharing the store still need.
+        referenced.extend(self.all_volume_roots()?);
         let mut deleted = 0;
         for key in self.list("blocks")? {
             let hash = key.trim_start_matches("blocks/");

@@ -24,6 +24,7 @@ pub struct SnapshotStorage {
     store: Arc<dyn ObjectStore>,
     runtime: tokio::runtime::Runtime,
     description: String,
+    pub(super) held_locks: super::locks::HeldLocks,
 }
 
 impl SnapshotStorage {
@@ -50,6 +51,7 @@ impl SnapshotStorage {
             store,
             runtime,
             description: location.to_string(),
+            held_locks: Default::default(),
         })
     }
 
