@@ -46,6 +46,7 @@ error_codes! {
     IncorrectInstanceState => "IncorrectInstanceState", 400;
     IncorrectState => "IncorrectState", 400;
     InstanceLimitExceeded => "InstanceLimitExceeded", 400;
+    InsufficientFreeAddressesInSubnet => "InsufficientFreeAddressesInSubnet", 400;
     InsufficientInstanceCapacity => "InsufficientInstanceCapacity", 500;
     InternalError => "InternalError", 500;
     InvalidAmiAttributeItemValue => "InvalidAMIAttributeItemValue", 400;

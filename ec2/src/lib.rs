@@ -14,6 +14,7 @@ pub mod ids;
 pub mod images;
 pub mod instance_types;
 pub mod instances;
+pub mod launcher;
 pub mod shorthand;
 pub mod user_data;
 

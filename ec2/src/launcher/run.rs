@@ -1,0 +1,336 @@
+//! RunInstances: image and permission checks, volumes from the image's snapshots,
+//! an address on the bridge, the metadata record, and a supervisor per instance.
+
+use std::net::Ipv4Addr;
+
+use serde_json::{json, Value};
+
+use super::{network, supervisor, AttachedVolume, LaunchState, Launcher, ZONE};
+use crate::error::{Ec2Error, ErrorCode};
+use crate::ids::{new_id, ResourceKind};
+use crate::images::{BlockDeviceMapping, BootSource, Image};
+use crate::instance_types;
+use crate::instances::{
+    resolve_launch_mappings, CpuOptions, EbsInstanceBlockDevice, HibernationOptions, Instance,
+    InstanceBlockDeviceMapping, InstanceNetworkInterface, InstanceRecord, InstanceStateName,
+    MetadataOptions, MetadataOptionsRequest, NetworkInterfaceAttachment, Placement,
+    PlacementRequest, ShutdownBehavior,
+};
+use crate::user_data::UserData;
+
+/// The name `run-instances` without `--image-id` looks for (scripts/default-ami.sh).
+pub const DEFAULT_IMAGE_NAME: &str = "nitro-default";
+/// EC2 launches at most this many per call without a limit increase (per type family
+/// limits are vCPU-based on EC2; a flat cap keeps one host sane).
+const MAX_COUNT: u32 = 20;
+
+#[derive(Debug, Default, Clone)]
+pub struct RunRequest {
+    pub image_id: Option<String>,
+    pub instance_type: Option<String>,
+    pub count: u32,
+    pub user_data: Option<UserData>,
+    pub key_name: Option<String>,
+    pub block_device_mappings: Vec<BlockDeviceMapping>,
+    pub metadata_options: Option<MetadataOptionsRequest>,
+    pub placement: Option<PlacementRequest>,
+    pub shutdown_behavior: ShutdownBehavior,
+}
+
+impl Launcher {
+    /// The image `run-instances` boots when none is named.
+    pub fn default_image(&self) -> Result<Image, Ec2Error> {
+        let request = crate::images::DescribeImagesRequest {
+            owners: vec!["self".into()],
+            filters: vec![crate::filters::Filter {
+                name: "name".into(),
+                values: vec![DEFAULT_IMAGE_NAME.into()],
+            }],
+            ..Default::default()
+        };
+        self.images()
+            .describe(&request, &self.account)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| {
+                Ec2Error::new(
+                    ErrorCode::InvalidAmiIdNotFound,
+                    format!(
+                        "No image named '{DEFAULT_IMAGE_NAME}': build and import it with \
+                         scripts/default-ami.sh, or pass --image-id"
+                    ),
+                )
+            })
+    }
+
+    pub fn run_instances(&self, request: &RunRequest) -> Result<Value, Ec2Error> {
+        if request.count == 0 || request.count > MAX_COUNT {
+            return Err(Ec2Error::new(
+                if request.count == 0 {
+                    ErrorCode::InvalidParameterValue
+                } else {
+                    ErrorCode::InstanceLimitExceeded
+                },
+                format!(
+                    "You have requested {} instances; between 1 and {MAX_COUNT} can be launched at once",
+                    request.count
+                ),
+            ));
+        }
+        let image = match &request.image_id {
+            Some(id) => {
+                crate::ids::validate(ResourceKind::Image, id)?;
+                self.images().check_launch_permission(id, &self.account)?
+            }
+            None => self.default_image()?,
+        };
+        let type_name = request
+            .instance_type
+            .as_deref()
+            .unwrap_or(instance_types::DEFAULT_INSTANCE_TYPE);
+        let itype = instance_types::lookup(type_name)?;
+        let placement = Placement::resolve(request.placement.as_ref(), &[ZONE])?;
+        let metadata = MetadataOptions::resolve(request.metadata_options.as_ref(), &image)?;
+        let ops = self.snapshot_ops();
+        let mappings = resolve_launch_mappings(&image, &request.block_device_mappings, &ops)?;
+        let (kernel_id, ramdisk_id) = match &image.boot_source {
+            BootSource::Kernel {
+                kernel_id,
+                ramdisk_id,
+            } => (kernel_id.clone(), ramdisk_id.clone()),
+            BootSource::RootVolume => {
+                return Err(Ec2Error::new(
+                    ErrorCode::Unsupported,
+                    format!(
+                        "Image {} boots from its root volume's /boot, which this host cannot \
+                         read yet; register it with a KernelId",
+                        image.image_id
+                    ),
+                ))
+            }
+        };
+        let kernel = self.kernels().kernel_meta(&kernel_id)?;
+        let reservation_id = new_id(ResourceKind::Reservation);
+        let mut launched = Vec::new();
+        for index in 0..request.count {
+            let record = self.launch_one(
+                request,
+                &image,
+                &mappings,
+                LaunchPlan {
+                    reservation_id: &reservation_id,
+                    index,
+                    type_name,
+                    vcpus: itype.vcpus,
+                    mem_mib: itype.memory_mib,
+                    placement: &placement,
+                    metadata: &metadata,
+                    kernel_id: &kernel_id,
+                    ramdisk_id: ramdisk_id.as_deref(),
+                    kernel_parameters: &kernel.kernel_parameters,
+                },
+            )?;
+            supervisor::spawn(&self.paths, &record.instance.instance_id)?;
+            launched.push(record.instance);
+        }
+        Ok(json!({
+            "Groups": [],
+            "Instances": launched,
+            "OwnerId": self.account,
+            "ReservationId": reservation_id,
+        }))
+    }
+
+    fn launch_one(
+        &self,
+        request: &RunRequest,
+        image: &Image,
+        mappings: &[BlockDeviceMapping],
+        plan: LaunchPlan,
+    ) -> Result<InstanceRecord, Ec2Error> {
+        let instance_id = new_id(ResourceKind::Instance);
+        let _lock = self.paths.lock()?;
+        let in_use: Vec<Ipv4Addr> = self
+            .instances()
+            .list()?
+            .iter()
+            .filter(|r| r.state() != InstanceStateName::Terminated)
+            .filter_map(|r| r.instance.private_ip_address.as_deref()?.parse().ok())
+            .collect();
+        let ip = network::allocate_ip(&in_use)?;
+        let mac = network::mac_for(ip);
+        let now = super::iso_now();
+        let volumes = self.create_volumes(&instance_id, image, mappings)?;
+        let octets = ip.octets();
+        let dns = format!(
+            "ip-{}-{}-{}-{}.ec2.internal",
+            octets[0], octets[1], octets[2], octets[3]
+        );
+        let instance = Instance {
+            instance_id: instance_id.clone(),
+            image_id: image.image_id.clone(),
+            instance_type: plan.type_name.to_string(),
+            state: InstanceStateName::Pending.into(),
+            state_reason: None,
+            state_transition_reason: String::new(),
+            launch_time: now.clone(),
+            ami_launch_index: plan.index,
+            placement: plan.placement.clone(),
+            private_ip_address: Some(ip.to_string()),
+            private_dns_name: dns,
+            public_ip_address: None,
+            key_name: request.key_name.clone(),
+            architecture: image.architecture.clone(),
+            root_device_name: image.root_device_name.clone(),
+            root_device_type: "ebs".into(),
+            block_device_mappings: volumes
+                .iter()
+                .map(|v| InstanceBlockDeviceMapping {
+                    device_name: v.device_name.clone(),
+                    ebs: EbsInstanceBlockDevice {
+                        volume_id: v.volume_id.clone(),
+                        status: "attached".into(),
+                        attach_time: now.clone(),
+                        delete_on_termination: v.delete_on_termination,
+                    },
+                })
+                .collect(),
+            network_interfaces: vec![InstanceNetworkInterface {
+                network_interface_id: new_id(ResourceKind::NetworkInterface),
+                mac_address: mac.clone(),
+                private_ip_address: Some(ip.to_string()),
+                description: String::new(),
+                status: "in-use".into(),
+                interface_type: "interface".into(),
+                source_dest_check: true,
+                attachment: NetworkInterfaceAttachment {
+                    attachment_id: new_id(ResourceKind::NetworkInterfaceAttachment),
+                    device_index: 0,
+                    network_card_index: 0,
+                    status: "attached".into(),
+                    attach_time: now.clone(),
+                    delete_on_termination: true,
+                },
+            }],
+            metadata_options: plan.metadata.clone(),
+            ena_support: image.ena_support,
+            sriov_net_support: image.sriov_net_support.clone(),
+            hibernation_options: HibernationOptions { configured: false },
+            cpu_options: CpuOptions {
+                core_count: plan.vcpus.div_ceil(2).max(1),
+                threads_per_core: if plan.vcpus > 1 { 2 } else { 1 },
+            },
+            ebs_optimized: true,
+            virtualization_type: image.virtualization_type.clone(),
+            boot_mode: image.boot_mode,
+            platform_details: image.platform_details.clone(),
+            usage_operation: image.usage_operation.clone(),
+            client_token: None,
+            tags: Vec::new(),
+        };
+        let mut record = InstanceRecord {
+            instance,
+            reservation_id: plan.reservation_id.to_string(),
+            owner_id: self.account.clone(),
+            user_data: request.user_data.as_ref().map(UserData::to_base64),
+            shutdown_behavior: request.shutdown_behavior,
+            credit_specification: None,
+            cpu_credits: None,
+            launcher: Value::Null,
+        };
+        LaunchState {
+            kernel_id: plan.kernel_id.to_string(),
+            ramdisk_id: plan.ramdisk_id.map(str::to_string),
+            kernel_parameters: plan.kernel_parameters.to_string(),
+            vcpus: plan.vcpus,
+            mem_mib: plan.mem_mib,
+            ip: ip.to_string(),
+            mac,
+            tap: network::tap_name(&instance_id),
+            volumes,
+            ..Default::default()
+        }
+        .store(&mut record);
+        self.instances().put(&record)?;
+        Ok(record)
+    }
+
+    /// One volume per EBS mapping, root first, attached to the instance.
+    fn create_volumes(
+        &self,
+        instance_id: &str,
+        image: &Image,
+        mappings: &[BlockDeviceMapping],
+    ) -> Result<Vec<AttachedVolume>, Ec2Error> {
+        let mut ordered: Vec<&BlockDeviceMapping> =
+            mappings.iter().filter(|m| m.ebs.is_some()).collect();
+        ordered.sort_by_key(|m| {
+            (
+                m.device_name != image.root_device_name,
+                m.device_name.clone(),
+            )
+        });
+        let mut volumes: Vec<AttachedVolume> = Vec::new();
+        for mapping in ordered {
+            let Some(ebs) = &mapping.ebs else { continue };
+            let mut body = json!({
+                "AvailabilityZone": ZONE,
+                "VolumeType": ebs.volume_type.as_deref().unwrap_or("gp3"),
+            });
+            if let Some(size) = ebs.volume_size {
+                body["Size"] = json!(size);
+            }
+            if let Some(snapshot) = &ebs.snapshot_id {
+                body["SnapshotId"] = json!(snapshot);
+            }
+            if let Some(iops) = ebs.iops {
+                body["Iops"] = json!(iops);
+            }
+            if let Some(throughput) = ebs.throughput {
+                body["Throughput"] = json!(throughput);
+            }
+            if ebs.encrypted == Some(true) {
+                body["Encrypted"] = json!(true);
+            }
+            if let Some(key) = &ebs.kms_key_id {
+                body["KmsKeyId"] = json!(key);
+            }
+            let created = self.ebs().create_volume(&body).and_then(|volume_id| {
+                let export = self
+                    .ebs()
+                    .attach(&volume_id, instance_id, &mapping.device_name)?;
+                Ok(AttachedVolume {
+                    device_name: mapping.device_name.clone(),
+                    volume_id,
+                    export,
+                    delete_on_termination: ebs.delete_on_termination.unwrap_or(true),
+                })
+            });
+            match created {
+                Ok(volume) => volumes.push(volume),
+                Err(e) => {
+                    // Leave nothing behind from a launch that failed half way.
+                    for v in &volumes {
+                        let _ = self.ebs().detach(&v.volume_id);
+                        let _ = self.ebs().delete_volume(&v.volume_id);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(volumes)
+    }
+}
+
+struct LaunchPlan<'a> {
+    reservation_id: &'a str,
+    index: u32,
+    type_name: &'a str,
+    vcpus: u32,
+    mem_mib: u64,
+    placement: &'a Placement,
+    metadata: &'a MetadataOptions,
+    kernel_id: &'a str,
+    ramdisk_id: Option<&'a str>,
+    kernel_parameters: &'a str,
+}
