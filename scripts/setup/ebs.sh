@@ -6,6 +6,8 @@
 #                    benchmark baseline server), libnbd-bin (nbdinfo, nbdcopy: a second,
 #                    independent NBD client), fio (benchmark; its nbd engine uses libnbd),
 #                    strace (the durability-order test traces ebsd's fdatasync calls),
+#                    dmsetup, e2fsprogs and mount (the power-cut test puts ebsd's data on
+#                    ext4 over a dm-log-writes device and loop devices in the test host),
 #                    python3-venv (for the venv below).
 #   Python venv:     .cache/venv-ebs with moto[server] (an S3-compatible server the snapshot
 #                    tests use to exercise the object store's S3 backend; installed from the
@@ -15,7 +17,7 @@ set -euo pipefail
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 venv_dir="${EBS_VENV:-$repo_root/.cache/venv-ebs}"
 
-debian_packages=(qemu-utils libnbd-bin fio strace python3-venv python3-pip)
+debian_packages=(qemu-utils libnbd-bin fio strace dmsetup e2fsprogs mount python3-venv python3-pip)
 
 missing_packages=()
 for package in "${debian_packages[@]}"; do
@@ -40,7 +42,7 @@ if [ ! -x "$venv_dir/bin/moto_server" ]; then
     "$venv_dir/bin/pip" install --quiet "moto[server]"
 fi
 
-for tool in qemu-io qemu-img qemu-nbd nbdinfo fio strace "$venv_dir/bin/moto_server"; do
+for tool in qemu-io qemu-img qemu-nbd nbdinfo fio strace dmsetup mkfs.ext4 e2fsck losetup "$venv_dir/bin/moto_server"; do
     command -v "$tool" >/dev/null || { echo "ebs setup: $tool still missing" >&2; exit 1; }
 done
-echo "ebs setup: ok (qemu-io, qemu-img, qemu-nbd, nbdinfo, fio, strace; moto_server in $venv_dir)"
+echo "ebs setup: ok (qemu-io, qemu-img, qemu-nbd, nbdinfo, fio, strace, dmsetup, mkfs.ext4, e2fsck, losetup; moto_server in $venv_dir)"
