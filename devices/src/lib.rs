@@ -5,6 +5,7 @@ pub mod bus;
 pub mod legacy;
 pub mod pci;
 pub mod rate_limiter;
+pub mod state;
 pub mod vfio;
 pub mod virtio;
 

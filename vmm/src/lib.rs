@@ -12,5 +12,6 @@ pub mod guest_link;
 pub mod interrupts;
 pub mod passthrough;
 pub mod runtime;
+pub mod snapshot;
 pub mod vcpu;
 pub mod vm;

@@ -20,10 +20,22 @@ use vmm::vcpu::ExitReason;
     version,
     about = "Boot a Linux guest on KVM, one process per guest"
 )]
+#[command(group = clap::ArgGroup::new("source").args(["kernel", "restore"]).multiple(false))]
 struct Cli {
     /// Guest kernel: ELF vmlinux (PVH entry when present) or bzImage.
     #[arg(long, conflicts_with = "config")]
     kernel: Option<PathBuf>,
+    /// Restore the VM saved in this snapshot file (PUT /snapshot/create)
+    /// instead of booting a kernel; device flags, when given, must name
+    /// the snapshot's devices and may only move their backends.
+    #[arg(long, requires = "restore_mem", conflicts_with = "config")]
+    restore: Option<PathBuf>,
+    /// The memory file that goes with --restore.
+    #[arg(long = "restore-mem", requires = "restore")]
+    restore_mem: Option<PathBuf>,
+    /// Leave the restored VM paused (resume with PATCH /vm).
+    #[arg(long = "restore-paused", requires = "restore")]
+    restore_paused: bool,
     /// Initial ramdisk.
     #[arg(long, requires = "kernel")]
     initrd: Option<PathBuf>,
@@ -50,11 +62,11 @@ struct Cli {
     smbios_manufacturer: Option<String>,
     /// A virtio-blk drive: id=ID,path=FILE[,ro=on][,serial=S][,queues=N]
     /// (repeatable).
-    #[arg(long = "drive", requires = "kernel")]
+    #[arg(long = "drive", requires = "source")]
     drives: Vec<String>,
     /// A virtio-net interface on a tap: tap=NAME[,mac=MAC][,id=ID]
     /// (repeatable).
-    #[arg(long = "net", requires = "kernel")]
+    #[arg(long = "net", requires = "source")]
     nets: Vec<String>,
     /// Instance record (JSON, imds crate format) for the metadata service
     /// at 169.254.169.254 on the first --net interface.
@@ -146,13 +158,52 @@ fn config_from_flags(cli: &Cli) -> anyhow::Result<Option<VmConfig>> {
     }))
 }
 
+/// The restore request of `--restore`, with the device flags to check
+/// against the snapshot and the machine shape when given explicitly.
+fn restore_request(
+    cli: &Cli,
+    matches: &clap::ArgMatches,
+) -> anyhow::Result<Option<vmm::runtime::RestoreRequest>> {
+    let (Some(snapshot_path), Some(mem_file_path)) = (&cli.restore, &cli.restore_mem) else {
+        return Ok(None);
+    };
+    let explicit =
+        |id: &str| matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine);
+    Ok(Some(vmm::runtime::RestoreRequest {
+        snapshot_path: snapshot_path.clone(),
+        mem_file_path: mem_file_path.clone(),
+        overrides: vmm::snapshot::RestoreOverrides {
+            serial_output: cli.serial.clone(),
+            vcpu_count: explicit("vcpus").then_some(cli.vcpus),
+            mem_size_mib: explicit("mem_mib").then_some(cli.mem_mib),
+            ..Default::default()
+        },
+        drives: cli
+            .drives
+            .iter()
+            .map(|d| DriveConfig::from_cli(d))
+            .collect::<Result<_, _>>()?,
+        net: cli
+            .nets
+            .iter()
+            .enumerate()
+            .map(|(i, n)| NetConfig::from_cli(n, i))
+            .collect::<Result<_, _>>()?,
+        resume: !cli.restore_paused,
+    }))
+}
+
 fn main() -> ExitCode {
     let start = Instant::now();
-    let cli = Cli::parse();
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(&cli.log_level))
         .format_timestamp_micros()
         .init();
-    match real_main(cli, start) {
+    match real_main(cli, &matches, start) {
         Ok(reason) => {
             match &reason {
                 ExitReason::Fault(msg) => log::error!("VM stopped on a fault: {msg}"),
@@ -163,6 +214,10 @@ fn main() -> ExitCode {
         Err(e) => {
             let code = match e.downcast_ref::<RuntimeError>() {
                 Some(RuntimeError::Config(_)) => 2,
+                Some(RuntimeError::Snapshot(
+                    vmm::snapshot::SnapshotError::Mismatch(_)
+                    | vmm::snapshot::SnapshotError::Config(_),
+                )) => 2,
                 Some(RuntimeError::Vm(vmm::vm::VmError::TooManyVcpus { .. })) => 2,
                 _ if e.downcast_ref::<vmm::config::ConfigError>().is_some() => 2,
                 _ => 1,
@@ -173,20 +228,26 @@ fn main() -> ExitCode {
     }
 }
 
-fn real_main(cli: Cli, start: Instant) -> anyhow::Result<ExitReason> {
-    let config = config_from_flags(&cli)?;
+fn real_main(cli: Cli, matches: &clap::ArgMatches, start: Instant) -> anyhow::Result<ExitReason> {
+    let restore = restore_request(&cli, matches)?;
+    let config = if restore.is_some() {
+        None
+    } else {
+        config_from_flags(&cli)?
+    };
     if let Some(cfg) = &config {
         cfg.validate()?;
-    } else if cli.api_sock.is_none() {
+    } else if cli.api_sock.is_none() && restore.is_none() {
         return Err(vmm::config::ConfigError::new(
             "arguments",
-            "nothing to run: give --kernel, --config or --api-sock (see --help)",
+            "nothing to run: give --kernel, --config, --restore or --api-sock (see --help)",
         )
         .into());
     }
     let reason = run(RunOptions {
         config,
         api_sock: cli.api_sock.clone(),
+        restore,
         start,
     })?;
     Ok(reason)

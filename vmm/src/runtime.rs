@@ -21,6 +21,9 @@ use crate::config::{
 use crate::vcpu::ExitReason;
 use crate::vm::{Vm, VmError};
 
+mod snapshot_api;
+pub use snapshot_api::RestoreRequest;
+
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
     #[error("invalid configuration: {0}")]
@@ -33,6 +36,8 @@ pub enum RuntimeError {
     ApiSocket { path: PathBuf, source: io::Error },
     #[error("VF pool: {0}")]
     Pool(String),
+    #[error("snapshot: {0}")]
+    Snapshot(#[from] crate::snapshot::SnapshotError),
     #[error("event loop: {0}")]
     Io(#[from] io::Error),
 }
@@ -41,6 +46,8 @@ pub struct RunOptions {
     /// Boot this configuration at once (CLI flags or `--config`).
     pub config: Option<VmConfig>,
     pub api_sock: Option<PathBuf>,
+    /// Restore this snapshot at once (`--restore`).
+    pub restore: Option<RestoreRequest>,
     /// When the process started (for the boot timer).
     pub start: Instant,
 }
@@ -202,19 +209,7 @@ impl Controller {
     }
 
     fn build_and_start(&mut self, cfg: &VmConfig) -> Result<(), RuntimeError> {
-        let out: Box<dyn Write + Send> = match &cfg.serial.output_path {
-            Some(path) => Box::new(
-                OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)
-                    .map_err(|source| RuntimeError::SerialOutput {
-                        path: path.clone(),
-                        source,
-                    })?,
-            ),
-            None => Box::new(io::stdout()),
-        };
+        let out = open_serial(cfg)?;
         let mut vm = Vm::build(cfg, out, self.start)?;
         vm.start()?;
         self.vm = Some(vm);
@@ -222,10 +217,10 @@ impl Controller {
     }
 
     fn info(&self) -> serde_json::Value {
-        let state = if self.vm.is_some() {
-            "Running"
-        } else {
-            "Not started"
+        let state = match &self.vm {
+            Some(vm) if vm.is_paused() => "Paused",
+            Some(_) => "Running",
+            None => "Not started",
         };
         json!({
             "app_name": "vmm",
@@ -326,6 +321,14 @@ impl Controller {
                 }
                 Err(e) => ApiResponse::error(400, format!("cannot start the instance: {e}"), None),
             },
+            ApiRequest::PatchVm(state) => self.patch_vm(state),
+            ApiRequest::CreateSnapshot(params) => self.create_snapshot(&params),
+            ApiRequest::LoadSnapshot(_) if started => ApiResponse::error(
+                400,
+                "a snapshot can only be loaded before the instance starts",
+                None,
+            ),
+            ApiRequest::LoadSnapshot(params) => self.load_snapshot(params),
             ApiRequest::Action(ActionType::SendCtrlAltDel) => match &self.vm {
                 Some(vm) => {
                     vm.i8042
@@ -338,6 +341,23 @@ impl Controller {
             },
         }
     }
+}
+
+/// Where the guest console goes: the configured file (appended), or stdout.
+fn open_serial(cfg: &VmConfig) -> Result<Box<dyn Write + Send>, RuntimeError> {
+    Ok(match &cfg.serial.output_path {
+        Some(path) => Box::new(
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|source| RuntimeError::SerialOutput {
+                    path: path.clone(),
+                    source,
+                })?,
+        ),
+        None => Box::new(io::stdout()),
+    })
 }
 
 /// PUT of a resource keyed by id (`/drives/{id}`, `/network-interfaces/{id}`):
@@ -428,7 +448,9 @@ pub fn run(opts: RunOptions) -> Result<ExitReason, RuntimeError> {
 
     let mut console: Option<RawConsole> = None;
     let mut wired = false;
-    if opts.config.is_some() {
+    if let Some(req) = &opts.restore {
+        ctl.restore_vm(req)?;
+    } else if opts.config.is_some() {
         ctl.start_vm()?;
     }
 

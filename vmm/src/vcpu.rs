@@ -105,7 +105,9 @@ pub struct VcpuContext {
 
 pub struct VcpuHandle {
     pub id: u8,
-    thread: Option<JoinHandle<()>>,
+    /// The thread gives its vCPU back when it leaves its loop, so that a
+    /// paused VM can save the vCPU's state and start a new thread later.
+    thread: Option<JoinHandle<VcpuFd>>,
     done: Arc<AtomicBool>,
 }
 
@@ -116,8 +118,12 @@ impl VcpuHandle {
         let thread = std::thread::Builder::new()
             .name(format!("vcpu{id}"))
             .spawn(move || {
-                run_loop(id, vcpu, &ctx);
+                let mut vcpu = vcpu;
+                if run_loop(id, &mut vcpu, &ctx) {
+                    complete_pending_io(id, &mut vcpu, &ctx);
+                }
                 done_in_thread.store(true, Ordering::Release);
+                vcpu
             })?;
         Ok(Self {
             id,
@@ -130,9 +136,14 @@ impl VcpuHandle {
     /// if it did not stop within `timeout` (the thread is then left behind;
     /// the process is about to exit anyway).
     pub fn stop_and_join(&mut self, timeout: Duration) -> bool {
-        let Some(thread) = self.thread.take() else {
-            return true;
-        };
+        self.thread.is_none() || self.park(timeout).is_some()
+    }
+
+    /// Kick the thread out of KVM_RUN, join it and take its vCPU back
+    /// (the caller has set the stop flag). None if the thread did not
+    /// stop within `timeout` or panicked.
+    pub fn park(&mut self, timeout: Duration) -> Option<VcpuFd> {
+        let thread = self.thread.take()?;
         let deadline = Instant::now() + timeout;
         while !self.done.load(Ordering::Acquire) {
             // SAFETY: the pthread_t belongs to a thread we spawned and have
@@ -142,21 +153,51 @@ impl VcpuHandle {
             }
             if Instant::now() > deadline {
                 log::error!("vcpu{} did not stop within {timeout:?}", self.id);
-                return false;
+                return None;
             }
             std::thread::sleep(Duration::from_millis(2));
         }
-        if thread.join().is_err() {
-            log::error!("vcpu{} thread panicked", self.id);
+        match thread.join() {
+            Ok(vcpu) => Some(vcpu),
+            Err(_) => {
+                log::error!("vcpu{} thread panicked", self.id);
+                None
+            }
         }
-        true
     }
 }
 
-fn run_loop(id: u8, mut vcpu: VcpuFd, ctx: &VcpuContext) {
+/// After an I/O or MMIO exit, the instruction completes only on the next
+/// KVM_RUN (KVM copies the data in then). A vCPU leaving its loop right
+/// after such an exit would have its state saved mid-instruction, so enter
+/// KVM once more with `immediate_exit` set: KVM finishes the pending
+/// operation and returns EINTR without running the guest. A multi-part
+/// MMIO access can exit again first; those exits are served as usual.
+fn complete_pending_io(id: u8, vcpu: &mut VcpuFd, ctx: &VcpuContext) {
+    vcpu.set_kvm_immediate_exit(1);
+    for _ in 0..16 {
+        match vcpu.run() {
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => break,
+            Err(e) => {
+                log::warn!("vcpu{id}: completing pending I/O: {e}");
+                break;
+            }
+            Ok(exit) => {
+                if let Err(reason) = handle_exit(id, exit, ctx) {
+                    ctx.exit.request(reason);
+                    break;
+                }
+            }
+        }
+    }
+    vcpu.set_kvm_immediate_exit(0);
+}
+
+/// Run until stopped (true) or until the guest stops the VM (false).
+fn run_loop(id: u8, vcpu: &mut VcpuFd, ctx: &VcpuContext) -> bool {
     loop {
         if ctx.stop.load(Ordering::Acquire) {
-            return;
+            return true;
         }
         let outcome = match vcpu.run() {
             Ok(exit) => handle_exit(id, exit, ctx),
@@ -168,7 +209,7 @@ fn run_loop(id: u8, mut vcpu: VcpuFd, ctx: &VcpuContext) {
                 log::error!("{msg}");
             }
             ctx.exit.request(reason);
-            return;
+            return false;
         }
     }
 }

@@ -30,6 +30,8 @@ use devices::virtio::pci::{VirtioPciDevice, BAR_SIZE};
 use devices::virtio::VirtioDevice;
 use vm_allocator::{AddressAllocator, AllocPolicy};
 
+mod pause;
+
 pub const COM1_PORT: u64 = 0x3f8;
 pub const COM1_IRQ: u32 = 4;
 pub const I8042_PORT: u64 = 0x60;
@@ -80,6 +82,14 @@ pub enum VmError {
     AlreadyStarted,
     #[error("cannot start vCPU thread: {0}")]
     Thread(std::io::Error),
+    #[error("vCPU {0} did not stop; the VM cannot be paused")]
+    Pause(u8),
+    #[error("the VM is not paused")]
+    NotPaused,
+    #[error("the VM has not been started")]
+    NotStarted,
+    #[error("device state: {0}")]
+    State(#[from] devices::state::StateError),
 }
 
 fn kvm_err(op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
@@ -105,6 +115,13 @@ pub struct Vm {
     mmio: Bus,
     pub serial: Arc<Mutex<Serial>>,
     pub i8042: Arc<Mutex<I8042>>,
+    cmos: Arc<Mutex<Cmos>>,
+    pci_config_io: Arc<Mutex<PciConfigIo>>,
+    /// MSRs KVM lists as to be saved (KVM_GET_MSR_INDEX_LIST).
+    msr_list: Vec<u32>,
+    /// vCPUs parked (their fds are back in `vcpu_fds`) and device workers
+    /// stopped: nothing touches guest memory.
+    paused: bool,
     /// Signalled by the i8042 when the guest pulses the reset line.
     pub i8042_reset: EventFd,
     pub exit: Arc<ExitSignal>,
@@ -161,6 +178,20 @@ impl Vm {
         serial_out: Box<dyn Write + Send>,
         start: Instant,
     ) -> Result<Vm, VmError> {
+        let mut vm = Vm::build_machine(cfg, serial_out, start)?;
+        vm.load_kernel(&cfg.boot_source)?;
+        Ok(vm)
+    }
+
+    /// The machine and devices of `cfg` without a kernel: a snapshot
+    /// restore fills in memory and state instead. Devices are plugged in
+    /// a fixed order (drives, VFs, interfaces), so the same configuration
+    /// always gives the same PCI slots, BARs and GSIs.
+    pub fn build_machine(
+        cfg: &VmConfig,
+        serial_out: Box<dyn Write + Send>,
+        start: Instant,
+    ) -> Result<Vm, VmError> {
         let mut vm = Vm::new(&cfg.machine_config, serial_out, start)?;
         for drive in &cfg.drives {
             vm.add_drive(drive)?;
@@ -186,7 +217,6 @@ impl Vm {
             };
             vm.add_net(net, i, imds.as_ref())?;
         }
-        vm.load_kernel(&cfg.boot_source)?;
         Ok(vm)
     }
 
@@ -270,7 +300,8 @@ impl Vm {
             u64::from(acpi::ACPI_PM_PORT),
             1,
         )?;
-        pio.insert(Arc::new(Mutex::new(Cmos::new())), CMOS_PORT, 2)?;
+        let cmos = Arc::new(Mutex::new(Cmos::new()));
+        pio.insert(cmos.clone(), CMOS_PORT, 2)?;
         let boot_timer = BootTimer::new(start);
         let boot_time_us = boot_timer.reading();
         pio.insert(
@@ -289,11 +320,8 @@ impl Vm {
             intx_lines: PCI_INTX_LINES,
         };
         let pci = Arc::new(Mutex::new(PciRoot::new(mmio.clone(), pio.clone())));
-        pio.insert(
-            Arc::new(Mutex::new(PciConfigIo::new(&pci))),
-            PCI_CONFIG_PORT,
-            8,
-        )?;
+        let pci_config_io = Arc::new(Mutex::new(PciConfigIo::new(&pci)));
+        pio.insert(pci_config_io.clone(), PCI_CONFIG_PORT, 8)?;
         mmio.insert(
             Arc::new(Mutex::new(PciConfigMmio::new(&pci))),
             layout::PCI_ECAM_START,
@@ -346,6 +374,10 @@ impl Vm {
             mmio,
             serial,
             i8042,
+            cmos,
+            pci_config_io,
+            msr_list: supported_msrs,
+            paused: false,
             i8042_reset,
             exit,
             stop: Arc::new(AtomicBool::new(false)),
@@ -632,9 +664,12 @@ impl Vm {
         self.vcpu_fds.first()
     }
 
-    /// Start every vCPU thread.
+    /// Start every vCPU thread (first boot, or resume after a pause or a
+    /// restore: the threads take the parked vCPUs).
     pub fn start(&mut self) -> Result<(), VmError> {
         crate::vcpu::install_kick_handler().map_err(VmError::Thread)?;
+        self.stop.store(false, std::sync::atomic::Ordering::Release);
+        self.paused = false;
         for (id, fd) in self.vcpu_fds.drain(..).enumerate() {
             let ctx = VcpuContext {
                 pio: self.pio.clone(),

@@ -4,7 +4,19 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use serde::{Deserialize, Serialize};
+
 use crate::bus::BusDevice;
+use crate::state::{hex_bytes, StateError};
+
+/// The index register and NVRAM; the clock itself follows the host.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CmosState {
+    pub index: u8,
+    #[serde(with = "hex_bytes")]
+    pub nvram: Vec<u8>,
+}
 
 const REG_SECONDS: u8 = 0x00;
 const REG_MINUTES: u8 = 0x02;
@@ -68,6 +80,26 @@ impl Cmos {
             nvram: [0; 128],
             now,
         }
+    }
+
+    pub fn save_state(&self) -> CmosState {
+        CmosState {
+            index: self.index,
+            nvram: self.nvram.to_vec(),
+        }
+    }
+
+    pub fn restore_state(&mut self, s: &CmosState) -> Result<(), StateError> {
+        if s.nvram.len() != self.nvram.len() {
+            return Err(StateError::Invalid(format!(
+                "CMOS NVRAM of {} bytes, expected {}",
+                s.nvram.len(),
+                self.nvram.len()
+            )));
+        }
+        self.nvram.copy_from_slice(&s.nvram);
+        self.index = s.index & 0x7f;
+        Ok(())
     }
 
     fn register(&self, index: u8) -> u8 {
@@ -156,5 +188,15 @@ mod tests {
         c.write(1, &[0x33]);
         assert_eq!(reg(&mut c, REG_SECONDS), 0x00);
         assert_eq!(reg(&mut c, REG_YEAR), 0x70);
+        let saved = c.save_state();
+        let mut d = Cmos::with_clock(|| 0);
+        d.restore_state(&saved).unwrap();
+        assert_eq!(reg(&mut d, 0x40), 0x5a);
+        assert!(d
+            .restore_state(&CmosState {
+                index: 0,
+                nvram: vec![0; 3]
+            })
+            .is_err());
     }
 }

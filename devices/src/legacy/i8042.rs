@@ -9,7 +9,22 @@ use std::collections::VecDeque;
 
 use vmm_sys_util::eventfd::EventFd;
 
+use serde::{Deserialize, Serialize};
+
 use crate::bus::BusDevice;
+use crate::state::StateError;
+
+/// The controller's registers and its output buffer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct I8042State {
+    pub status: u8,
+    pub control: u8,
+    pub output_port: u8,
+    pub pending_cmd: Option<u8>,
+    pub pending_kbd_cmd: Option<u8>,
+    pub buffer: Vec<u8>,
+}
 
 const OFFSET_DATA: u64 = 0;
 const OFFSET_COMMAND: u64 = 4;
@@ -88,6 +103,33 @@ impl I8042 {
             buffer: VecDeque::new(),
             reset_requested: false,
         }
+    }
+
+    pub fn save_state(&self) -> I8042State {
+        I8042State {
+            status: self.status,
+            control: self.control,
+            output_port: self.output_port,
+            pending_cmd: self.pending_cmd,
+            pending_kbd_cmd: self.pending_kbd_cmd,
+            buffer: self.buffer.iter().copied().collect(),
+        }
+    }
+
+    pub fn restore_state(&mut self, s: &I8042State) -> Result<(), StateError> {
+        if s.buffer.len() > BUFFER_LIMIT {
+            return Err(StateError::Invalid(format!(
+                "i8042 buffer of {} bytes (limit {BUFFER_LIMIT})",
+                s.buffer.len()
+            )));
+        }
+        self.status = s.status;
+        self.control = s.control;
+        self.output_port = s.output_port;
+        self.pending_cmd = s.pending_cmd;
+        self.pending_kbd_cmd = s.pending_kbd_cmd;
+        self.buffer = s.buffer.iter().copied().collect();
+        Ok(())
     }
 
     /// Type Ctrl+Alt+Del on the keyboard.

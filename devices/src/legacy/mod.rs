@@ -8,6 +8,6 @@ mod serial;
 
 pub use acpi_pm::{AcpiPm, PowerEvent};
 pub use boot_timer::{BootTimer, BOOT_TIMER_PORT};
-pub use cmos::Cmos;
-pub use i8042::I8042;
-pub use serial::{EventFdTrigger, Serial};
+pub use cmos::{Cmos, CmosState};
+pub use i8042::{I8042State, I8042};
+pub use serial::{EventFdTrigger, Serial, SerialState};

@@ -78,6 +78,20 @@ pub struct PciIds {
     pub revision: u8,
 }
 
+/// What a snapshot keeps of a configuration space: the conventional 256
+/// bytes (everything the guest can write) and where each BAR is placed.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigSpaceState {
+    #[serde(with = "crate::state::hex_bytes")]
+    pub bytes: Vec<u8>,
+    /// (BAR index, guest address) of every BAR the function declares.
+    pub bars: Vec<(usize, u64)>,
+}
+
+/// Conventional configuration space: all a type 0 function exposes here.
+const SAVED_CONFIG_BYTES: usize = 0x100;
+
 pub struct PciConfiguration {
     bytes: Vec<u8>,
     /// Bits the guest may change.
@@ -256,6 +270,67 @@ impl PciConfiguration {
         }
     }
 
+    pub fn state(&self) -> ConfigSpaceState {
+        ConfigSpaceState {
+            bytes: self.bytes[..SAVED_CONFIG_BYTES].to_vec(),
+            bars: self.bars().map(|b| (b.index, b.addr)).collect(),
+        }
+    }
+
+    /// Load a saved configuration space into a function built the same way.
+    /// Returns the BARs whose placement differs from where they are now
+    /// (the guest moved them before the snapshot), for the root to re-map.
+    pub fn restore(
+        &mut self,
+        s: &ConfigSpaceState,
+    ) -> Result<Vec<BarMove>, crate::state::StateError> {
+        use crate::state::StateError;
+        if s.bytes.len() != SAVED_CONFIG_BYTES {
+            return Err(StateError::Invalid(format!(
+                "configuration space of {} bytes, expected {SAVED_CONFIG_BYTES}",
+                s.bytes.len()
+            )));
+        }
+        // Identity (IDs, class) must be the same device.
+        if s.bytes[..4] != self.bytes[..4] || s.bytes[8..12] != self.bytes[8..12] {
+            return Err(StateError::Mismatch(format!(
+                "PCI function {:02x?} in the snapshot, {:02x?} here",
+                &s.bytes[..4],
+                &self.bytes[..4]
+            )));
+        }
+        let mine: Vec<usize> = self.bars().map(|b| b.index).collect();
+        let saved: Vec<usize> = s.bars.iter().map(|b| b.0).collect();
+        if mine != saved {
+            return Err(StateError::Mismatch(format!(
+                "BARs {saved:?} in the snapshot, {mine:?} here"
+            )));
+        }
+        self.bytes[..SAVED_CONFIG_BYTES].copy_from_slice(&s.bytes);
+        let mut moves = Vec::new();
+        for &(index, addr) in &s.bars {
+            let Some(bar) = self.bars[index].as_mut() else {
+                continue;
+            };
+            if bar.addr != addr {
+                moves.push(BarMove {
+                    index,
+                    kind: bar.kind,
+                    old: bar.addr,
+                    new: addr,
+                    size: bar.size,
+                });
+                bar.addr = addr;
+                if bar.kind == BarKind::Mem64 {
+                    if let Some(upper) = self.bars[index + 1].as_mut() {
+                        upper.addr = addr;
+                    }
+                }
+            }
+        }
+        Ok(moves)
+    }
+
     /// Guest write: only writable bits change. Returns the BARs the write
     /// moved (both halves of a 64-bit BAR written means one move).
     pub fn write(&mut self, offset: usize, data: &[u8]) -> Vec<BarMove> {
@@ -382,6 +457,34 @@ mod tests {
         // A 64-bit move written high half first, then low half.
         assert!(c.write(BAR0 + 4, &1u32.to_le_bytes()).len() == 1);
         assert_eq!(c.bar(0).unwrap().addr, 0x1_d000_0000);
+    }
+
+    #[test]
+    fn state_restores_bytes_and_reports_moved_bars() {
+        let bar = Bar {
+            index: 0,
+            kind: BarKind::Mem64,
+            size: 0x8000,
+            addr: 0xc000_0000,
+            prefetchable: false,
+        };
+        let mut a = PciConfiguration::new(ids(), 1);
+        a.add_bar(bar).unwrap();
+        a.write(COMMAND, &[0x06, 0x00]);
+        a.write(BAR0, &0xd000_0000u32.to_le_bytes());
+        let saved = a.state();
+        let mut b = PciConfiguration::new(ids(), 1);
+        b.add_bar(bar).unwrap();
+        let moves = b.restore(&saved).unwrap();
+        assert_eq!(moves.len(), 1);
+        assert_eq!((moves[0].old, moves[0].new), (0xc000_0000, 0xd000_0000));
+        assert_eq!(b.command(), 6);
+        assert_eq!(b.bar(0).unwrap().addr, 0xd000_0000);
+        let mut other = ids();
+        other.device = 0x1041;
+        let mut c = PciConfiguration::new(other, 1);
+        c.add_bar(bar).unwrap();
+        assert!(c.restore(&saved).is_err(), "another device");
     }
 
     #[test]

@@ -10,8 +10,8 @@ pub mod config;
 pub mod msix;
 mod root;
 
-pub use config::{Bar, BarKind, BarMove, PciConfiguration, PciIds};
-pub use msix::{MsiInterrupts, MsiMessage, MsixConfig};
+pub use config::{Bar, BarKind, BarMove, ConfigSpaceState, PciConfiguration, PciIds};
+pub use msix::{MsiInterrupts, MsiMessage, MsixConfig, MsixState};
 pub use root::{PciConfigIo, PciConfigMmio, PciRoot, PciRootError};
 
 /// A PCI function on the root bus.
@@ -27,4 +27,34 @@ pub trait PciDevice: Send {
     fn write_bar(&mut self, bar: usize, offset: u64, data: &[u8]);
     /// A BAR moved: re-point anything keyed on its address (ioeventfds).
     fn bar_moved(&mut self, _mv: &BarMove) {}
+    /// Stop touching guest memory (workers finish what they started and
+    /// park) until [`PciDevice::resume`]. The vCPUs are already stopped.
+    fn pause(&mut self) {}
+    fn resume(&mut self) {}
+    /// State for a snapshot (the device is paused). Functions that cannot
+    /// be snapshotted (VFIO passthrough) refuse.
+    fn save_state(&mut self) -> Result<PciDeviceState, crate::state::StateError> {
+        Err(crate::state::StateError::Unsupported(
+            "this PCI function".into(),
+        ))
+    }
+    /// Load saved state into a function built from the same configuration.
+    /// Returns BARs whose placement differs, for the root to re-map. The
+    /// device stays paused until [`PciDevice::resume`].
+    fn restore_state(
+        &mut self,
+        _state: &PciDeviceState,
+    ) -> Result<Vec<BarMove>, crate::state::StateError> {
+        Err(crate::state::StateError::Unsupported(
+            "this PCI function".into(),
+        ))
+    }
+}
+
+/// What a PCI function saves.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub enum PciDeviceState {
+    HostBridge(ConfigSpaceState),
+    Virtio(Box<crate::virtio::state::VirtioPciState>),
 }

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, Weak};
 
 use crate::bus::{Bus, BusDevice, BusError};
+use crate::state::{PciSlotState, StateError};
 
 use super::config::{BarKind, BarMove, PciConfiguration, PciIds};
 use super::PciDevice;
@@ -64,6 +65,15 @@ impl PciDevice for HostBridge {
         data.fill(0xff);
     }
     fn write_bar(&mut self, _bar: usize, _offset: u64, _data: &[u8]) {}
+    fn save_state(&mut self) -> Result<super::PciDeviceState, StateError> {
+        Ok(super::PciDeviceState::HostBridge(self.config.state()))
+    }
+    fn restore_state(&mut self, state: &super::PciDeviceState) -> Result<Vec<BarMove>, StateError> {
+        match state {
+            super::PciDeviceState::HostBridge(c) => self.config.restore(c),
+            _ => Err(StateError::Mismatch("slot 0 holds the host bridge".into())),
+        }
+    }
 }
 
 /// Routes one BAR's accesses to its device.
@@ -175,6 +185,72 @@ impl PciRoot {
         }
     }
 
+    /// Pause every function (see [`PciDevice::pause`]).
+    pub fn pause_devices(&self) {
+        for d in self.devices.values() {
+            d.lock().unwrap_or_else(|e| e.into_inner()).pause();
+        }
+    }
+
+    pub fn resume_devices(&self) {
+        for d in self.devices.values() {
+            d.lock().unwrap_or_else(|e| e.into_inner()).resume();
+        }
+    }
+
+    /// Every function's state, by slot. Fails on the first function that
+    /// cannot be saved (naming its slot).
+    pub fn save_state(&self) -> Result<Vec<PciSlotState>, StateError> {
+        let mut out = Vec::new();
+        for (&slot, d) in &self.devices {
+            let state = d
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .save_state()
+                .map_err(|e| match e {
+                    StateError::Unsupported(what) => {
+                        StateError::Unsupported(format!("{what} in PCI slot {slot}"))
+                    }
+                    other => other,
+                })?;
+            out.push(PciSlotState { slot, state });
+        }
+        Ok(out)
+    }
+
+    /// Load saved state into the same set of functions (same slots, same
+    /// kinds), moving BARs the guest had placed elsewhere.
+    pub fn restore_state(&self, states: &[PciSlotState]) -> Result<(), StateError> {
+        let mine: Vec<u8> = self.devices.keys().copied().collect();
+        let saved: Vec<u8> = states.iter().map(|s| s.slot).collect();
+        if mine != saved {
+            return Err(StateError::Mismatch(format!(
+                "PCI slots {saved:?} in the snapshot, {mine:?} in this VM (the device list differs)"
+            )));
+        }
+        for s in states {
+            let Some(device) = self.devices.get(&s.slot) else {
+                continue;
+            };
+            // The device lock is released before the moves: moving a BAR
+            // calls back into the device.
+            let moves = device
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .restore_state(&s.state)
+                .map_err(|e| match e {
+                    StateError::Mismatch(m) => {
+                        StateError::Mismatch(format!("PCI slot {}: {m}", s.slot))
+                    }
+                    other => other,
+                })?;
+            for mv in moves {
+                self.move_bar(device, &mv);
+            }
+        }
+        Ok(())
+    }
+
     fn move_bar(&self, device: &SharedPci, mv: &BarMove) {
         let bus = self.bus_for(mv.kind);
         if bus.remove(mv.old).is_none() {
@@ -224,6 +300,15 @@ impl PciConfigIo {
             root: Arc::downgrade(root),
             address: 0,
         }
+    }
+
+    /// The address latch, for a snapshot.
+    pub fn address(&self) -> u32 {
+        self.address
+    }
+
+    pub fn set_address(&mut self, address: u32) {
+        self.address = address;
     }
 
     /// (bus, devfn, register offset) if the enable bit is set.

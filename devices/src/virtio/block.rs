@@ -88,7 +88,8 @@ pub struct Block {
     backend: Arc<dyn BlockBackend>,
     cfg: BlockConfig,
     acked: u64,
-    workers: Vec<(EventFd, JoinHandle<()>)>,
+    /// Each worker hands its queue back when it stops.
+    workers: Vec<(EventFd, JoinHandle<Queue>)>,
 }
 
 impl Block {
@@ -122,13 +123,22 @@ impl Block {
         c
     }
 
-    fn stop_workers(&mut self) {
+    /// Stop the workers (each finishes the requests it is serving: they
+    /// are served synchronously) and collect their queues.
+    fn stop_workers(&mut self) -> Option<Vec<Queue>> {
+        let mut queues = Vec::new();
+        let mut all = true;
         for (stop, handle) in self.workers.drain(..) {
             let _ = stop.write(1);
-            if handle.join().is_err() {
-                log::error!("virtio-blk: worker panicked");
+            match handle.join() {
+                Ok(q) => queues.push(q),
+                Err(_) => {
+                    log::error!("virtio-blk: worker panicked");
+                    all = false;
+                }
             }
         }
+        all.then_some(queues)
     }
 }
 
@@ -212,6 +222,10 @@ impl VirtioDevice for Block {
     fn reset(&mut self) {
         self.stop_workers();
     }
+
+    fn pause(&mut self) -> Option<Vec<Queue>> {
+        self.stop_workers()
+    }
 }
 
 struct Worker {
@@ -244,7 +258,13 @@ enum RequestError {
 }
 
 impl Worker {
-    fn run(mut self) {
+    /// Serve the queue until told to stop; returns it with its positions.
+    fn run(mut self) -> Queue {
+        self.serve_until_stopped();
+        self.queue
+    }
+
+    fn serve_until_stopped(&mut self) {
         let epoll = match Epoll::new() {
             Ok(e) => e,
             Err(e) => {

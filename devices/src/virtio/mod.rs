@@ -12,6 +12,7 @@
 pub mod block;
 pub mod net;
 pub mod pci;
+pub mod state;
 
 use std::sync::atomic::{AtomicU16, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
@@ -65,6 +66,13 @@ pub trait VirtioDevice: Send {
     ) -> Result<(), ActivateError>;
     /// Stop the worker (device reset). The transport re-creates the queues.
     fn reset(&mut self);
+    /// Stop the workers after the requests they hold are complete, and
+    /// hand back the queues they served (in activation order), so that
+    /// their positions can be saved and a later `activate` continues
+    /// where they stopped. None: this device cannot pause.
+    fn pause(&mut self) -> Option<Vec<Queue>> {
+        None
+    }
 }
 
 /// What a device raises.

@@ -84,8 +84,9 @@ pub struct Net {
     worker: Option<(EventFd, JoinHandle<WorkerParts>)>,
 }
 
-/// What a stopped worker hands back, for the next activation.
-type WorkerParts = (Tap, Option<Box<dyn FrameHook>>);
+/// What a stopped worker hands back, for the next activation: the tap, the
+/// hook, and the RX and TX queues with their positions.
+type WorkerParts = (Tap, Option<Box<dyn FrameHook>>, Queue, Queue);
 
 impl Net {
     pub fn new(tap: Tap, cfg: NetConfig, hook: Option<Box<dyn FrameHook>>) -> Self {
@@ -107,16 +108,21 @@ impl Net {
         c
     }
 
-    fn stop_worker(&mut self) {
-        if let Some((stop, handle)) = self.worker.take() {
-            let _ = stop.write(1);
-            match handle.join() {
-                // Keep the tap (and hook) for the next activation.
-                Ok((tap, hook)) => {
-                    self.tap = Some(tap);
-                    self.hook = hook;
-                }
-                Err(_) => log::error!("virtio-net: worker panicked"),
+    /// Stop the worker; returns its (RX, TX) queues. A frame it held for
+    /// a receive buffer is dropped, as a NIC drops one on a full ring.
+    fn stop_worker(&mut self) -> Option<Vec<Queue>> {
+        let (stop, handle) = self.worker.take()?;
+        let _ = stop.write(1);
+        match handle.join() {
+            // Keep the tap (and hook) for the next activation.
+            Ok((tap, hook, rx, tx)) => {
+                self.tap = Some(tap);
+                self.hook = hook;
+                Some(vec![rx, tx])
+            }
+            Err(_) => {
+                log::error!("virtio-net: worker panicked");
+                None
             }
         }
     }
@@ -222,6 +228,10 @@ impl VirtioDevice for Net {
     fn reset(&mut self) {
         self.stop_worker();
     }
+
+    fn pause(&mut self) -> Option<Vec<Queue>> {
+        self.stop_worker()
+    }
 }
 
 const TOKEN_TAP: u64 = 1;
@@ -303,7 +313,7 @@ impl NetWorker {
             Ok(e) => e,
             Err(e) => {
                 log::error!("virtio-net: {e}");
-                return (self.tap, self.hook);
+                return (self.tap, self.hook, self.rx, self.tx);
             }
         };
         for (fd, token) in [
@@ -318,7 +328,7 @@ impl NetWorker {
                 EpollEvent::new(EventSet::IN, token),
             ) {
                 log::error!("virtio-net: {e}");
-                return (self.tap, self.hook);
+                return (self.tap, self.hook, self.rx, self.tx);
             }
         }
         let mut events = [EpollEvent::default(); 4];
@@ -342,12 +352,12 @@ impl NetWorker {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     log::error!("virtio-net: {e}");
-                    return (self.tap, self.hook);
+                    return (self.tap, self.hook, self.rx, self.tx);
                 }
             };
             for ev in &events[..n] {
                 match ev.data() {
-                    TOKEN_STOP => return (self.tap, self.hook),
+                    TOKEN_STOP => return (self.tap, self.hook, self.rx, self.tx),
                     TOKEN_TX_KICK => {
                         let _ = self.tx_kick.read();
                         if self.tx_blocked_until.is_none() {

@@ -45,7 +45,7 @@ const CFG_ISR: u8 = 3;
 const CFG_DEVICE: u8 = 4;
 
 const STATUS_DRIVER_OK: u8 = 4;
-const STATUS_FEATURES_OK: u8 = 8;
+pub(super) const STATUS_FEATURES_OK: u8 = 8;
 const STATUS_FAILED: u8 = 0x80;
 
 /// Registers and removes KVM ioeventfds for queue notifications.
@@ -55,26 +55,29 @@ pub trait IoEventRegistry: Send + Sync {
 }
 
 pub struct VirtioPciDevice {
-    config: PciConfiguration,
-    msix_cap: usize,
-    msix: Arc<Mutex<MsixConfig>>,
-    device: Box<dyn VirtioDevice>,
-    mem: GuestMemoryMmap,
-    ioevents: Arc<dyn IoEventRegistry>,
-    bar_addr: u64,
-    queues: Vec<Queue>,
-    kicks: Vec<EventFd>,
-    config_vector: Arc<AtomicU16>,
-    queue_vectors: Arc<Vec<AtomicU16>>,
-    isr: Arc<AtomicU8>,
-    intx: EventFd,
-    device_feature_select: u32,
-    driver_feature_select: u32,
-    driver_features: u64,
-    status: u8,
-    queue_select: u16,
-    config_generation: u8,
-    active: bool,
+    pub(super) config: PciConfiguration,
+    pub(super) msix_cap: usize,
+    pub(super) msix: Arc<Mutex<MsixConfig>>,
+    pub(super) device: Box<dyn VirtioDevice>,
+    pub(super) mem: GuestMemoryMmap,
+    pub(super) ioevents: Arc<dyn IoEventRegistry>,
+    pub(super) bar_addr: u64,
+    pub(super) queues: Vec<Queue>,
+    pub(super) kicks: Vec<EventFd>,
+    pub(super) config_vector: Arc<AtomicU16>,
+    pub(super) queue_vectors: Arc<Vec<AtomicU16>>,
+    pub(super) isr: Arc<AtomicU8>,
+    pub(super) intx: EventFd,
+    pub(super) device_feature_select: u32,
+    pub(super) driver_feature_select: u32,
+    pub(super) driver_features: u64,
+    pub(super) status: u8,
+    pub(super) queue_select: u16,
+    pub(super) config_generation: u8,
+    pub(super) active: bool,
+    /// Active, but the device's workers are stopped (VM paused or just
+    /// restored); [`PciDevice::resume`] starts them again.
+    pub(super) paused: bool,
 }
 
 fn pci_ids(device_type: u32) -> PciIds {
@@ -187,10 +190,11 @@ impl VirtioPciDevice {
             queue_select: 0,
             config_generation: 0,
             active: false,
+            paused: false,
         })
     }
 
-    fn features(&self) -> u64 {
+    pub(super) fn features(&self) -> u64 {
         self.device.avail_features() | VIRTIO_F_VERSION_1 | VIRTIO_RING_F_INDIRECT_DESC
     }
 
@@ -203,6 +207,7 @@ impl VirtioPciDevice {
             self.device.reset();
             self.active = false;
         }
+        self.paused = false;
         for q in &mut self.queues {
             q.reset();
         }
@@ -242,7 +247,7 @@ impl VirtioPciDevice {
         }
     }
 
-    fn activate(&mut self) {
+    pub(super) fn activate(&mut self) {
         let event_idx = self.driver_features & super::VIRTIO_RING_F_EVENT_IDX != 0;
         let mut queues = Vec::new();
         let mut kicks = Vec::new();
@@ -489,6 +494,32 @@ impl PciDevice for VirtioPciDevice {
                 .unwrap_or_else(|e| e.into_inner())
                 .write_table(o - MSIX_TABLE_OFFSET, data),
             _ => {}
+        }
+    }
+
+    fn pause(&mut self) {
+        self.pause_device();
+    }
+
+    fn resume(&mut self) {
+        self.resume_device();
+    }
+
+    fn save_state(&mut self) -> Result<crate::pci::PciDeviceState, crate::state::StateError> {
+        Ok(crate::pci::PciDeviceState::Virtio(Box::new(
+            self.virtio_state()?,
+        )))
+    }
+
+    fn restore_state(
+        &mut self,
+        state: &crate::pci::PciDeviceState,
+    ) -> Result<Vec<BarMove>, crate::state::StateError> {
+        match state {
+            crate::pci::PciDeviceState::Virtio(s) => self.restore_virtio_state(s),
+            _ => Err(crate::state::StateError::Mismatch(
+                "a virtio function in this slot, not in the snapshot".into(),
+            )),
         }
     }
 

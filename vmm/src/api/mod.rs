@@ -5,6 +5,7 @@
 //! thread, which owns all state and replies with an [`ApiResponse`].
 
 pub mod http;
+pub mod snapshot;
 
 use std::io;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -52,6 +53,10 @@ pub enum ApiRequest {
     /// (id from the path, body)
     PutDrive(String, DriveConfig),
     Action(ActionType),
+    /// `PATCH /vm`: pause or resume.
+    PatchVm(snapshot::VmRunState),
+    CreateSnapshot(snapshot::SnapshotCreateParams),
+    LoadSnapshot(snapshot::SnapshotLoadParams),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -125,6 +130,19 @@ pub fn route(req: &Request) -> Result<ApiRequest, ApiResponse> {
         "/actions" => match method {
             "PUT" => parse_body::<ActionBody>(&req.body, "actions")
                 .map(|b| ApiRequest::Action(b.action_type)),
+            _ => Err(not_allowed()),
+        },
+        "/vm" => match method {
+            "PATCH" => parse_body::<snapshot::VmStateBody>(&req.body, "vm")
+                .map(|b| ApiRequest::PatchVm(b.state)),
+            _ => Err(not_allowed()),
+        },
+        "/snapshot/create" => match method {
+            "PUT" => parse_body(&req.body, "snapshot-create").map(ApiRequest::CreateSnapshot),
+            _ => Err(not_allowed()),
+        },
+        "/snapshot/load" => match method {
+            "PUT" => parse_body(&req.body, "snapshot-load").map(ApiRequest::LoadSnapshot),
             _ => Err(not_allowed()),
         },
         "/drives" => match method {
@@ -348,6 +366,41 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn snapshot_routes() {
+        assert_eq!(
+            route(&req("PATCH", "/vm", r#"{"state":"Paused"}"#)).unwrap(),
+            ApiRequest::PatchVm(snapshot::VmRunState::Paused)
+        );
+        let e = route(&req("PATCH", "/vm", r#"{"state":"Frozen"}"#)).unwrap_err();
+        assert_eq!(e.status, 400);
+        assert_eq!(route(&req("PUT", "/vm", "{}")).unwrap_err().status, 405);
+        match route(&req(
+            "PUT",
+            "/snapshot/create",
+            r#"{"snapshot_path":"/s","mem_file_path":"/m"}"#,
+        )) {
+            Ok(ApiRequest::CreateSnapshot(p)) => assert_eq!(p.mem_file_path.to_str(), Some("/m")),
+            other => panic!("{other:?}"),
+        }
+        match route(&req(
+            "PUT",
+            "/snapshot/load",
+            r#"{"snapshot_path":"/s","mem_file_path":"/m","resume_vm":true,
+                "drive_overrides":[{"drive_id":"root","token":"t"}],
+                "network_overrides":[{"iface_id":"eth0","host_dev_name":"tap1"}]}"#,
+        )) {
+            Ok(ApiRequest::LoadSnapshot(p)) => {
+                assert!(p.resume_vm);
+                assert_eq!(p.drive_overrides[0].token.as_deref(), Some("t"));
+                assert_eq!(p.network_overrides[0].host_dev_name, "tap1");
+            }
+            other => panic!("{other:?}"),
+        }
+        let e = route(&req("PUT", "/snapshot/load", r#"{"snapshot_path":"/s"}"#)).unwrap_err();
+        assert_eq!(e.body["field"], "mem_file_path");
     }
 
     #[test]
