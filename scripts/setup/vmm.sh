@@ -8,8 +8,9 @@ repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 
 # Debian packages whose binaries go into the guest's tools initramfs (curl for the IMDS
 # test; fio, iperf3, sockperf for scripts/bench-blk.sh and bench-net.sh, which also run
-# iperf3/sockperf servers on the test host's side of the link).
-debian_packages=(curl fio iperf3 sockperf)
+# iperf3/sockperf servers on the test host's side of the link). curl also goes into the
+# default AMI's root file system, which e2fsprogs' mke2fs builds (scripts/default-ami.sh).
+debian_packages=(curl fio iperf3 sockperf e2fsprogs)
 missing_packages=()
 for package in "${debian_packages[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed"; then
@@ -23,5 +24,6 @@ if [ "${#missing_packages[@]}" -gt 0 ]; then
     apt-get install -y -qq --no-install-recommends "${missing_packages[@]}"
 fi
 "$repo_root/scripts/guest-assets.sh"
+"$repo_root/scripts/default-ami.sh"
 "$repo_root/scripts/testhost.sh" setup
-echo "vmm setup: ok (guest assets and test host ready)"
+echo "vmm setup: ok (guest assets, default AMI and test host ready)"
