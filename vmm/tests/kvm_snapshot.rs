@@ -241,6 +241,50 @@ fn counter_continues_in_a_new_process_after_pause_snapshot_kill_restore() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+#[test]
+fn api_load_restores_a_paused_vm_that_resumes_on_request() {
+    let (dir, snap, mem, last) = counter_snapshot("apiload");
+    let sock = dir.join("api3.sock");
+    let console = dir.join("console3.log");
+    let _vmm = spawn(&["--api-sock", s(&sock)], &dir.join("vmm3.err"));
+    wait_for("the API socket", Duration::from_secs(10), || sock.exists());
+    let load = |extra: serde_json::Value| {
+        let mut body = serde_json::json!({
+            "snapshot_path": snap, "mem_file_path": mem,
+            "serial_output_path": console,
+        });
+        if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+            b.extend(e.clone());
+        }
+        api(&sock, "PUT", "/snapshot/load", Some(&body.to_string()))
+    };
+    // An override for a drive the snapshot does not have is refused.
+    let (st, err) = load(serde_json::json!({"drive_overrides": [{"drive_id": "nope"}]}));
+    assert_eq!(st, 400, "{err}");
+    assert!(
+        err["fault_message"].as_str().unwrap().contains("nope"),
+        "{err}"
+    );
+    // Loaded paused (Firecracker's default): nothing runs until resumed.
+    let (st, err) = load(serde_json::json!({}));
+    assert_eq!(st, 204, "{err}");
+    let (_, info) = api(&sock, "GET", "/", None);
+    assert_eq!(info["state"], "Paused");
+    assert_eq!(info["mem_size_mib"], 64);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(counts(&console).is_empty());
+    let (st, err) = load(serde_json::json!({}));
+    assert_eq!(st, 400, "a second load: {err}");
+    let (st, _) = api(&sock, "PATCH", "/vm", Some(r#"{"state":"Resumed"}"#));
+    assert_eq!(st, 204);
+    wait_for("counts after resume", Duration::from_secs(30), || {
+        counts(&console).len() >= 2
+    });
+    let c = counts(&console);
+    assert!(c[0] == last + 1 || c[0] == last + 2, "{last} then {c:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 fn restore_fails(args: &[&str]) -> (i32, String) {
     let out = Command::new(VMM)
         .args(args)
