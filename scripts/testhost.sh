@@ -28,10 +28,14 @@ QEMU_ROOT=$TH/qemu
 QEMU_WRAPPER=$TH/bin/qemu-system-x86_64
 
 # Modules for the test host: 9p for the host root, kvm-amd (needs ccp) for nested KVM,
-# vfio + igb/igbvf for SR-IOV passthrough tests, tun/tap/bridge for guest networking.
+# vfio + igb/igbvf for SR-IOV passthrough tests, tun/tap/bridge for guest networking,
+# dm-mod/dm-log-writes/loop/ext4 (+ crc32c_generic, which ext4 asks for at mount) for the
+# block service's power-cut test. One list for every test: a different list would make
+# each test rebuild the test-host initramfs.
 # Dependencies (netfs, irqbypass, dca, i2c-algo-bit, stp, llc, ...) are added automatically.
 TESTHOST_MODULES="netfs 9pnet 9pnet_virtio 9p ccp irqbypass kvm kvm-amd vfio vfio_iommu_type1
-vfio-pci-core vfio-pci dca i2c-algo-bit igb igbvf tun tap bridge ${TESTHOST_EXTRA_MODULES:-}"
+vfio-pci-core vfio-pci dca i2c-algo-bit igb igbvf tun tap bridge
+dm-mod dm-log-writes loop crc32c_generic ext4 ${TESTHOST_EXTRA_MODULES:-}"
 
 # Packages QEMU 10 needs from our private apt: always the QEMU packages themselves (taken
 # from bookworm-backports), plus whatever apt says this machine lacks to run them (libraries

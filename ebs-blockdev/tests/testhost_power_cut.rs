@@ -18,8 +18,8 @@
 //!   written region;
 //! - e2fsck finds the file system clean afterwards.
 //!
-//! The outer test boots the test host with dm-mod, dm-log-writes, loop, ext4 and
-//! crc32c_generic (ext4 asks for it at mount) through TESTHOST_EXTRA_MODULES, and runs
+//! The outer test boots the test host (whose module list includes dm-mod, dm-log-writes,
+//! loop, ext4 and crc32c_generic, which ext4 asks for at mount), and runs
 //! this binary's ignored inner test there. EBS_POWER_CUT_SEED replays a run (the seed is
 //! printed), EBS_POWER_CUT_SECONDS (default 12) sets how long the writers run,
 //! EBS_POWER_CUT_POINTS (default 20) how many crash points are checked.
@@ -74,10 +74,6 @@ fn acknowledged_writes_survive_a_power_cut_under_ebsd() {
     require_tool("losetup");
     require_tool("qemu-img");
     let exe = std::env::current_exe().expect("test executable path");
-    let modules = format!(
-        "{} dm-mod dm-log-writes loop crc32c_generic ext4",
-        std::env::var("TESTHOST_EXTRA_MODULES").unwrap_or_default()
-    );
     let passed = [
         INNER_ENV,
         "EBS_POWER_CUT_SEED",
@@ -96,7 +92,6 @@ fn acknowledged_writes_survive_a_power_cut_under_ebsd() {
             "--nocapture",
             "--test-threads=1",
         ])
-        .env("TESTHOST_EXTRA_MODULES", modules.trim())
         .env("TESTHOST_ENV", passed.join(" "))
         .env(INNER_ENV, "1")
         .current_dir(&repo)
@@ -709,7 +704,7 @@ fn power_cut_inside_the_test_host() {
     assert!(
         Path::new("/dev/mapper/control").exists()
             && command("dmsetup", &["targets"]).contains("log-writes"),
-        "no dm-log-writes in the test host: TESTHOST_EXTRA_MODULES must add dm-mod and dm-log-writes"
+        "no dm-log-writes in the test host: scripts/testhost.sh must load dm-mod and dm-log-writes"
     );
     let seed = env_number(
         "EBS_POWER_CUT_SEED",

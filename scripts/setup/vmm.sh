@@ -10,7 +10,7 @@ repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 # test; fio, iperf3, sockperf for scripts/bench-blk.sh and bench-net.sh, which also run
 # iperf3/sockperf servers on the test host's side of the link). curl also goes into the
 # default AMI's root file system, which e2fsprogs' mke2fs builds (scripts/default-ami.sh).
-debian_packages=(curl fio iperf3 sockperf e2fsprogs)
+debian_packages=(curl fio iperf3 sockperf e2fsprogs fonts-dejavu-core)
 missing_packages=()
 for package in "${debian_packages[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed"; then
