@@ -9,7 +9,8 @@
 #   ramdisk.cpio.gz   the "ari": busybox /init (scripts/ami/ramdisk-init.sh) that loads
 #                     virtio_blk, ext4, virtio_net, igbvf, mounts root= and switch_roots
 #   root.img          raw ext4 (label rootfs, sparse, AMI_ROOT_GIB GiB, default 1): busybox,
-#                     curl with its libraries, busybox init, the ec2-init first-boot agent
+#                     curl and resize2fs with their libraries, busybox init, the ec2-init
+#                     first-boot agent
 #   manifest.json     what register-image needs: file names, sizes, sha256, the kernel
 #                     command line, root device, root volume size
 # Idempotent: an output is rebuilt only when one of its inputs changed (scripts/ami/*,
@@ -54,8 +55,9 @@ QUIET_ARGS="quiet"
 # driver"); the ramdisk has no modprobe for the kernel to call.
 RAMDISK_MODULES=(virtio_blk crc32c_generic ext4 virtio_net igbvf)
 # Host binaries (Debian packages installed by scripts/setup/vmm.sh) copied with their
-# shared libraries; ec2-init talks to the metadata service with curl.
-ROOT_TOOLS=(curl)
+# shared libraries: ec2-init talks to the metadata service with curl and grows the root
+# file system to its volume with resize2fs (e2fsprogs).
+ROOT_TOOLS=(curl resize2fs)
 
 # guest-assets.sh takes the build lock itself, so it runs before this script takes it.
 "$HERE/guest-assets.sh"
@@ -71,7 +73,10 @@ command -v mke2fs > /dev/null || die "mke2fs not installed (e2fsprogs; scripts/s
 if [ "$FORCE" = 1 ] || ! cmp -s "$CACHE/guest/vmlinux" "$AMI/kernel"; then
     log "kernel: $CACHE/guest/vmlinux"
     # A hard link costs no space; a copy when the cache spans file systems.
-    ln -f "$CACHE/guest/vmlinux" "$AMI/kernel.tmp" 2>/dev/null || cp "$CACHE/guest/vmlinux" "$AMI/kernel.tmp"
+    rm -f "$AMI/kernel.tmp"
+    ln "$CACHE/guest/vmlinux" "$AMI/kernel.tmp" 2>/dev/null || cp "$CACHE/guest/vmlinux" "$AMI/kernel.tmp"
+    # mv refuses to replace a file by another link to the same inode (--force).
+    rm -f "$AMI/kernel"
     mv "$AMI/kernel.tmp" "$AMI/kernel"
 fi
 [ -s "$CACHE/guest/vmlinux.pvh-entry" ] || die "$CACHE/guest/vmlinux has no PVH entry note"
@@ -215,6 +220,7 @@ ramdisk_sha=$(sha256_cached "$AMI/ramdisk.cpio.gz")
 root_sha=$(sha256_cached "$AMI/root.img")
 modules_json=$(sed 's|.*/||; s|\.ko$||; s|.*|"&"|' "$BUILD/ramdisk.modules" | paste -sd, -)
 curl_ver=$(dpkg-query -W -f='${Version}' curl 2>/dev/null || echo unknown)
+e2fsprogs_ver=$(dpkg-query -W -f='${Version}' e2fsprogs 2>/dev/null || echo unknown)
 
 cat > "$AMI/manifest.json.tmp" <<JSON
 {
@@ -259,6 +265,7 @@ cat > "$AMI/manifest.json.tmp" <<JSON
   "packages": {
     "busybox-static": "$BUSYBOX_VER",
     "curl": "$curl_ver",
+    "e2fsprogs": "$e2fsprogs_ver",
     "$KERNEL_PKG": "$KERNEL_VER"
   }
 }

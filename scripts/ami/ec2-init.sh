@@ -3,6 +3,7 @@
 # init at every boot, after /etc/init.d/rcS, before the console shell starts.
 # See docs/default-ami.md.
 #
+# 0. Grows the root file system to the size of its volume (resize2fs, online).
 # 1. Brings the first network interface up with DHCP (udhcpc; the VMM answers).
 # 2. Asks the metadata service (IMDSv2: PUT a token, then GET with it; IMDSv1 if the PUT
 #    is refused) for instance-id, local-hostname and user-data (404 = none).
@@ -38,6 +39,21 @@ say() {
     echo "ec2-init: $*"
     echo "$(date '+%F %T') $*" >> "$AGENT_LOG"
 }
+
+# ---- root file system size -----------------------------------------------------------
+# Grow the root file system to its volume, as cloud-init's resizefs does at every boot: an
+# instance may get a larger root volume than the image's (run-instances --block-device-
+# mappings). The volume is unpartitioned, so there is no partition to grow first; ext4
+# grows online. resize2fs only reads the superblock when there is nothing to do.
+rootdev=$(awk '$2 == "/" && $1 ~ "^/dev/" { dev = $1 } END { print dev }' /proc/mounts)
+if [ -b "$rootdev" ] && command -v resize2fs > /dev/null; then
+    out=$(resize2fs "$rootdev" 2>&1)
+    case "$out" in
+        *"Nothing to do"*) ;;
+        *"is now "*) say "root file system grown to $(df -h / | awk 'NR == 2 { print $2 }') ($rootdev)" ;;
+        *) say "warning: resize2fs $rootdev: $(echo "$out" | tail -n 1)" ;;
+    esac
+fi
 
 # ---- network -------------------------------------------------------------------------
 # The first interface that is not loopback (eth0 with virtio-net; an SR-IOV VF's igbvf

@@ -7,8 +7,9 @@
 //!   volume) on the first boot of an instance, does not run again when the
 //!   same instance boots again (the file is still there), and runs again for
 //!   a new instance id on the same disk (an instance launched from an image of
-//!   it). Every boot ends with a clean shutdown (root remounted read-only, no
-//!   journal to replay) through the guest's `reboot` or `poweroff`.
+//!   it), whose larger volume the root file system grows to. Every boot ends
+//!   with a clean shutdown (root remounted read-only, no journal to replay)
+//!   through the guest's `reboot` or `poweroff`.
 //! - Ctrl-Alt-Del from the VMM's API reboots the guest cleanly, which ends
 //!   the VMM; `root=LABEL=rootfs` finds the root volume; an instance without
 //!   user data says so; user data that is not a `#!` script is saved, not
@@ -221,14 +222,17 @@ echo "AMI-INSTANCE $(cat /var/lib/cloud/data/instance-id)"
         "{prologue}\
          echo AMI-BOOT 1\n{boot1}; echo BOOT1-VMM-EXIT $?; fs BOOT1\n\
          echo AMI-BOOT 2\n{boot2}; echo BOOT2-VMM-EXIT $?; fs BOOT2\n\
+         truncate -s 2G /tmp/root.img\n\
          echo AMI-BOOT 3\n{boot3}; echo BOOT3-VMM-EXIT $?; fs BOOT3\n\
-         echo \"HOST-RUNS $(debugfs -R 'cat /root/ud-runs' /tmp/root.img 2>/dev/null | tr '\\n' ' ')\"\n",
+         echo \"HOST-RUNS $(debugfs -R 'cat /root/ud-runs' /tmp/root.img 2>/dev/null | tr '\\n' ' ')\"\n\
+         echo \"HOST-BLOCKS $(dumpe2fs -h /tmp/root.img 2>/dev/null | sed -n 's/^Block count: *//p')\"\n",
         prologue = prologue(&ami),
         boot1 = vmm_line(&ami, Some(&first), &ami.cmdline, true, ""),
         boot2 = vmm_line(&ami, Some(&first), &look_cmdline, true, ""),
         boot3 = vmm_line(&ami, Some(&second), &ami.cmdline, true, ""),
     );
     let out = testhost_run(&script, Duration::from_secs(300));
+    eprintln!("test-host run: {:?}", out.elapsed);
     let all = format!(
         "{}\n--- stderr ---\n{}\n--- {:?} ---",
         out.stdout, out.stderr, out.elapsed
@@ -285,9 +289,23 @@ echo "AMI-INSTANCE $(cat /var/lib/cloud/data/instance-id)"
     assert_eq!(field(boot2, "ec2-init: test_cmd exit"), Some("0"), "{all}");
     assert_clean_shutdown(boot2, "BOOT2", &all);
 
-    // A new instance id on the same disk (launched from an image of it): the
-    // user data runs again.
+    // A new instance id on the same disk (launched from an image of it, with
+    // a 2 GiB root volume): the user data runs again, and the root file
+    // system grows to the volume.
     let boot3 = boot_section(&out.stdout, 3);
+    assert!(
+        !boot1.contains("root file system grown") && !boot2.contains("root file system grown"),
+        "nothing to grow on the image's own size:\n{all}"
+    );
+    assert!(
+        boot3.contains("ec2-init: root file system grown to"),
+        "boot 3: resize2fs grew the root to its 2 GiB volume:\n{all}"
+    );
+    assert_eq!(
+        field(&out.stdout, "HOST-BLOCKS"),
+        Some("524288"),
+        "2 GiB of 4 KiB blocks:\n{all}"
+    );
     assert_eq!(
         field(boot3, "AMI-UD-RAN"),
         Some(format!("{SECOND} uid=0 pwd=/").as_str()),
@@ -371,6 +389,7 @@ fn ctrl_alt_del_root_label_plain_user_data_and_missing_root() {
         prologue = prologue(&ami),
     );
     let out = testhost_run(&script, Duration::from_secs(300));
+    eprintln!("test-host run: {:?}", out.elapsed);
     let all = format!(
         "{}\n--- stderr ---\n{}\n--- {:?} ---",
         out.stdout, out.stderr, out.elapsed
