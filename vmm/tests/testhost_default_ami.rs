@@ -10,8 +10,9 @@
 //!   it), whose larger volume the root file system grows to. Every boot ends
 //!   with a clean shutdown (root remounted read-only, no journal to replay)
 //!   through the guest's `reboot` or `poweroff`.
-//! - Ctrl-Alt-Del from the VMM's API reboots the guest cleanly, which ends
-//!   the VMM; `root=LABEL=rootfs` finds the root volume; an instance without
+//! - The serial console (the VMM's stdin and stdout) has a root shell
+//!   without login; Ctrl-Alt-Del from the VMM's API reboots the guest
+//!   cleanly, which ends the VMM; `root=LABEL=rootfs` finds the root volume; an instance without
 //!   user data says so; user data that is not a `#!` script is saved, not
 //!   run.
 //! - A root volume that never appears gives the ramdisk's error and the VM
@@ -374,10 +375,14 @@ fn ctrl_alt_del_root_label_plain_user_data_and_missing_root() {
     let script = format!(
         "{prologue}\
          echo AMI-BOOT 1\n\
-         {boot1} > /tmp/boot1.log 2>&1 &\n\
+         mkfifo /tmp/console-in\n\
+         {boot1} < /tmp/console-in > /tmp/boot1.log 2>&1 &\n\
          pid=$!\n\
+         exec 3> /tmp/console-in\n\
          for i in $(seq 1 150); do grep -q 'ec2-init: no user-data' /tmp/boot1.log && break; sleep 1; done\n\
-         sleep 1\n\
+         sleep 2\n\
+         printf 'echo CONSOLE-$((6*7)) $(tty) $(id -u)\\n' >&3\n\
+         for i in $(seq 1 30); do grep -q '^CONSOLE-42' /tmp/boot1.log && break; sleep 1; done\n\
          curl -s -o /dev/null -w 'CAD-HTTP %{{http_code}}\\n' --unix-socket {sock} -X PUT \
               -d '{{\"action_type\": \"SendCtrlAltDel\"}}' http://localhost/actions\n\
          for i in $(seq 1 60); do kill -0 $pid 2>/dev/null || break; sleep 1; done\n\
@@ -404,6 +409,11 @@ fn ctrl_alt_del_root_label_plain_user_data_and_missing_root() {
     assert!(
         boot1.contains("ec2-init: no user-data"),
         "no user data in the record:\n{all}"
+    );
+    assert_eq!(
+        field(boot1, "CONSOLE-42"),
+        Some("/dev/ttyS0 0"),
+        "a root shell without login on the serial console (VMM stdin):\n{all}"
     );
     assert_eq!(field(boot1, "CAD-HTTP"), Some("204"), "{all}");
     assert!(
