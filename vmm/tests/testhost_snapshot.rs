@@ -3,7 +3,8 @@
 //! virtio-blk disk; the test host pauses it and snapshots it through the
 //! API, kills the VMM (SIGKILL), restores the snapshot in a new VMM and
 //! checks that the count goes on from where it was, uptime keeps
-//! increasing, and the disk still takes writes and reads.
+//! increasing, the disk still takes writes and reads, and the guest still
+//! reaches the host over its virtio-net tap (reopened by name).
 
 use std::time::Duration;
 
@@ -12,28 +13,34 @@ use integration_tests::{base64, field, guest_assets, sh_quote, testhost_run};
 const VMM: &str = env!("CARGO_BIN_EXE_vmm");
 
 /// The guest: a counter loop that also round-trips the count through the
-/// disk (write sector 0, drop caches, read it back).
+/// disk (write sector 0, drop caches, read it back) and pings the host.
 const GUEST: &str = r#"
+ip link set eth0 up && ip addr add 172.16.0.2/24 dev eth0
 i=0
 while true; do
   i=$((i+1))
   printf 'DISK-%08d' $i | dd of=/dev/vda bs=512 count=1 conv=sync,fsync 2>/dev/null
   echo 3 > /proc/sys/vm/drop_caches
   R=$(dd if=/dev/vda bs=512 count=1 2>/dev/null | head -c 13)
-  echo "COUNT $i UP $(cut -d' ' -f1 /proc/uptime) READ $R"
+  P=$(ping -c 1 -W 2 172.16.0.1 | grep -c 'bytes from')
+  echo "COUNT $i UP $(cut -d' ' -f1 /proc/uptime) READ $R NET $P"
   sleep 0.5
 done
 "#;
 
-/// (count, uptime, what the disk gave back) of each complete COUNT line.
-fn counts(text: &str) -> Vec<(u64, f64, String)> {
+/// (count, uptime, what the disk gave back, pings answered) of each
+/// complete COUNT line.
+fn counts(text: &str) -> Vec<(u64, f64, String, u32)> {
     text.lines()
         .filter_map(|l| {
             let w: Vec<&str> = l.trim_end_matches('\r').split(' ').collect();
             match w.as_slice() {
-                ["COUNT", n, "UP", up, "READ", r] => {
-                    Some((n.parse().ok()?, up.parse().ok()?, r.to_string()))
-                }
+                ["COUNT", n, "UP", up, "READ", r, "NET", p] => Some((
+                    n.parse().ok()?,
+                    up.parse().ok()?,
+                    r.to_string(),
+                    p.parse().ok()?,
+                )),
                 _ => None,
             }
         })
@@ -71,10 +78,12 @@ fn debian_guest_keeps_counting_after_snapshot_kill_and_restore() {
     };
     let script = [
         "rm -f /tmp/snap.* /tmp/c1.log /tmp/c2.log; truncate -s 64M /tmp/snap.disk".to_string(),
+        "ip tuntap add tap0 mode tap vnet_hdr; ip addr add 172.16.0.1/24 dev tap0; ip link set tap0 up"
+            .into(),
         format!(
             "{vmm} --kernel {k} --initrd {i} --mem-mib 256 \
-             --drive id=data,path=/tmp/snap.disk --api-sock /tmp/snap.s1 \
-             --serial /tmp/c1.log --cmdline {c} 2>/tmp/snap.err1 & P=$!",
+             --drive id=data,path=/tmp/snap.disk --net tap=tap0,mac=02:00:ac:10:00:02 \
+             --api-sock /tmp/snap.s1 --serial /tmp/c1.log --cmdline {c} 2>/tmp/snap.err1 & P=$!",
             vmm = sh_quote(VMM),
             k = sh_quote(&assets.vmlinux.to_string_lossy()),
             i = sh_quote(&assets.initramfs.to_string_lossy()),
@@ -107,6 +116,7 @@ fn debian_guest_keeps_counting_after_snapshot_kill_and_restore() {
         "S=$(date +%s%N)".into(),
         format!(
             "{vmm} --restore /tmp/snap.state --restore-mem /tmp/snap.mem \
+             --drive id=data,path=/tmp/snap.disk --net tap=tap0,mac=02:00:ac:10:00:02 \
              --serial /tmp/c2.log --api-sock /tmp/snap.s2 2>/tmp/snap.err2 & P=$!",
             vmm = sh_quote(VMM)
         ),
@@ -133,8 +143,8 @@ fn debian_guest_keeps_counting_after_snapshot_kill_and_restore() {
     let after_text = section(&out.stdout, "--- after\n", "--- end after");
     let before = counts(before_text);
     let after = counts(after_text);
-    let (last_n, last_up, _) = before.last().cloned().expect("counts before");
-    let (first_n, first_up, _) = after.first().cloned().expect("counts after restore");
+    let (last_n, last_up, _, _) = before.last().cloned().expect("counts before");
+    let (first_n, first_up, _, _) = after.first().cloned().expect("counts after restore");
     // The pause may catch the guest mid-line; the restored guest finishes
     // that line, so both consoles together read as one unbroken count.
     let joined = counts(&format!("{before_text}{after_text}"));
@@ -156,13 +166,21 @@ fn debian_guest_keeps_counting_after_snapshot_kill_and_restore() {
             .all(|w| w[1].0 == w[0].0 + 1 && w[1].1 > w[0].1),
         "{all}"
     );
-    for (n, _, read) in &after {
+    for (n, _, read, _) in &after {
         assert_eq!(
             read,
             &format!("DISK-{n:08}"),
             "the disk took the write and gave it back after restore:\n{all}"
         );
     }
+    assert!(
+        before.iter().any(|c| c.3 == 1),
+        "the guest reached the host over the tap before:\n{all}"
+    );
+    assert!(
+        after.iter().skip(1).any(|c| c.3 == 1),
+        "and after the restore:\n{all}"
+    );
     // Numbers for docs/benchmarks.md.
     eprintln!(
         "snapshot: create {} ms (wall), snapshot file {} bytes, memory file {:?}; restore: first output after {} ms",
