@@ -104,7 +104,10 @@ if [ "$net_up" = 1 ]; then
         -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 300' "$IMDS/latest/api/token") || token=
     [ -n "$token" ] || say "IMDSv2 token refused or unreachable; trying IMDSv1"
     iid=$(imds_get meta-data/instance-id) || iid=
+    # The id names a directory: only EC2's shape (i- and hex digits) is accepted.
     case "$iid" in
+        i-|i-*[!0-9a-f]*) say "error: unexpected instance-id from the metadata service; user data not handled"
+           iid= ;;
         i-*) ;;
         *) say "error: metadata service unreachable (no instance-id); user data not handled"
            iid= ;;
