@@ -222,10 +222,12 @@ modules_json=$(sed 's|.*/||; s|\.ko$||; s|.*|"&"|' "$BUILD/ramdisk.modules" | pa
 curl_ver=$(dpkg-query -W -f='${Version}' curl 2>/dev/null || echo unknown)
 e2fsprogs_ver=$(dpkg-query -W -f='${Version}' e2fsprogs 2>/dev/null || echo unknown)
 
+# The name follows EC2's AMI name rules (letters, digits, space and ( ) [ ] . / - ' @ _):
+# the '+' of the kernel release becomes '-'.
 cat > "$AMI/manifest.json.tmp" <<JSON
 {
   "schema": "nitro-default-ami/1",
-  "name": "nitro-default-ami-$KERNEL_RELEASE-$(cat "$BUILD/root.stamp")",
+  "name": "nitro-default-ami-${KERNEL_RELEASE//+/-}-$(cat "$BUILD/root.stamp")",
   "description": "Debian $KERNEL_RELEASE kernel, busybox ramdisk, busybox and curl root with the ec2-init user-data agent",
   "architecture": "x86_64",
   "virtualization_type": "hvm",
