@@ -178,21 +178,23 @@ impl Vm {
         serial_out: Box<dyn Write + Send>,
         start: Instant,
     ) -> Result<Vm, VmError> {
-        let mut vm = Vm::build_machine(cfg, serial_out, start)?;
+        let mut vm = Vm::build_machine(cfg, serial_out, start, None)?;
         vm.load_kernel(&cfg.boot_source)?;
         Ok(vm)
     }
 
-    /// The machine and devices of `cfg` without a kernel: a snapshot
-    /// restore fills in memory and state instead. Devices are plugged in
-    /// a fixed order (drives, VFs, interfaces), so the same configuration
-    /// always gives the same PCI slots, BARs and GSIs.
+    /// The machine and devices of `cfg` without a kernel. With `restored`
+    /// (a snapshot's memory), that is the guest memory and nothing is
+    /// written into it; the snapshot's state is loaded afterwards. Devices
+    /// are plugged in a fixed order (drives, VFs, interfaces), so the same
+    /// configuration always gives the same PCI slots, BARs and GSIs.
     pub fn build_machine(
         cfg: &VmConfig,
         serial_out: Box<dyn Write + Send>,
         start: Instant,
+        restored: Option<GuestMemoryMmap>,
     ) -> Result<Vm, VmError> {
-        let mut vm = Vm::new(&cfg.machine_config, serial_out, start)?;
+        let mut vm = Vm::with_memory(&cfg.machine_config, serial_out, start, restored)?;
         for drive in &cfg.drives {
             vm.add_drive(drive)?;
         }
@@ -227,6 +229,18 @@ impl Vm {
         serial_out: Box<dyn Write + Send>,
         start: Instant,
     ) -> Result<Vm, VmError> {
+        Vm::with_memory(machine, serial_out, start, None)
+    }
+
+    /// [`Vm::new`] on given guest memory (a restored snapshot's, which
+    /// already holds the firmware tables the guest saw: they are not
+    /// written again), or on fresh memory with the tables written.
+    fn with_memory(
+        machine: &MachineConfig,
+        serial_out: Box<dyn Write + Send>,
+        start: Instant,
+        restored: Option<GuestMemoryMmap>,
+    ) -> Result<Vm, VmError> {
         let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
         let api = kvm.get_api_version();
         if api != 12 {
@@ -258,7 +272,11 @@ impl Vm {
         let vm_fd = Arc::new(vm_fd);
         let router = Arc::new(GsiRouter::new(Arc::clone(&vm_fd)).map_err(VmError::Interrupts)?);
 
-        let mem = create_guest_memory(machine.mem_size_mib)?;
+        let fresh = restored.is_none();
+        let mem = match restored {
+            Some(m) => m,
+            None => create_guest_memory(machine.mem_size_mib)?,
+        };
         register_memory(&vm_fd, &mem)?;
 
         let exit = Arc::new(ExitSignal::new().map_err(VmError::EventFd)?);
@@ -330,12 +348,18 @@ impl Vm {
         let mmio_allocator = AddressAllocator::new(layout::PCI_MMIO_START, layout::PCI_MMIO_SIZE)
             .map_err(|e| VmError::Allocator(e.to_string()))?;
 
-        let rsdp = acpi::write_tables(&mem, machine.vcpu_count, &pci_resources)?;
-        smbios::write_tables(&mem, &machine.smbios)?;
-        reset_vector::write(&mem).map_err(|e| VmError::Memory {
-            mib: machine.mem_size_mib,
-            detail: format!("reset vector: {e}"),
-        })?;
+        let rsdp = if fresh {
+            let rsdp = acpi::write_tables(&mem, machine.vcpu_count, &pci_resources)?;
+            smbios::write_tables(&mem, &machine.smbios)?;
+            reset_vector::write(&mem).map_err(|e| VmError::Memory {
+                mib: machine.mem_size_mib,
+                detail: format!("reset vector: {e}"),
+            })?;
+            rsdp
+        } else {
+            // Only a kernel load needs it, and a restored VM loads none.
+            GuestAddress(0)
+        };
 
         let supported_cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)

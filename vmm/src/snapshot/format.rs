@@ -14,6 +14,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use super::SnapshotError;
@@ -173,11 +174,14 @@ impl AtomicFile {
             })?
             .to_string_lossy();
         let tmp = dest.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+        // Owner only: the files hold all of guest memory and the drives'
+        // attachment tokens.
         let file = OpenOptions::new()
             .write(true)
             .read(true)
             .create(true)
             .truncate(true)
+            .mode(0o600)
             .open(&tmp)
             .map_err(|source| SnapshotError::Io {
                 path: tmp.clone(),
@@ -278,6 +282,10 @@ mod tests {
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
         write(&dest, b"{}").unwrap();
         assert_eq!(read(&dest).unwrap(), b"{}");
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&dest).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600);
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -3,17 +3,22 @@
 //! The file holds the guest's RAM regions back to back (their guest
 //! addresses are recorded in the snapshot). Pages that are all zero are
 //! not written: the file is sized first, so they stay holes and cost no
-//! disk space. Restore zeroes the fresh guest memory (it already holds the
-//! firmware tables the VM builder wrote) and reads only the file's data
-//! extents (SEEK_DATA/SEEK_HOLE), so the work follows what the guest used.
+//! disk space. Restore maps the file privately as the new VM's memory
+//! (MAP_PRIVATE, as Firecracker does): pages come in lazily as the guest
+//! touches them, so restore time does not grow with memory size, and the
+//! guest's writes never reach the file.
 
 use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{
+    FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+    GuestRegionMmap,
+};
+
+use vm_memory::mmap::MmapRegionBuilder;
 
 use super::format::AtomicFile;
 use super::SnapshotError;
@@ -135,51 +140,37 @@ pub fn save(
     Ok((info, stats))
 }
 
-/// Data extents of `file` within [start, end): (offset, length).
-fn data_extents(file: &File, start: u64, end: u64) -> Vec<(u64, u64)> {
-    let fd = file.as_raw_fd();
-    let mut out = Vec::new();
-    let mut pos = start;
-    while pos < end {
-        // SAFETY: lseek on a descriptor we own; no memory is involved.
-        let data = unsafe { libc::lseek(fd, pos as libc::off_t, libc::SEEK_DATA) };
-        if data < 0 {
-            let errno = std::io::Error::last_os_error().raw_os_error();
-            if errno == Some(libc::ENXIO) {
-                break; // no data after pos
-            }
-            // SEEK_DATA unsupported here: treat everything as data.
-            out.push((pos, end - pos));
-            break;
-        }
-        let data = data as u64;
-        if data >= end {
-            break;
-        }
-        // SAFETY: as above.
-        let hole = unsafe { libc::lseek(fd, data as libc::off_t, libc::SEEK_HOLE) };
-        let hole = if hole < 0 {
-            end
-        } else {
-            (hole as u64).min(end)
-        };
-        out.push((data, hole - data));
-        pos = hole;
-    }
-    out
-}
-
-/// Load the memory file into `mem`, a freshly built VM's memory with the
-/// same layout. Returns the bytes read.
-pub fn load(mem: &GuestMemoryMmap, info: &MemoryInfo, path: &Path) -> Result<u64, SnapshotError> {
-    let mine = layout(mem);
-    if mine != *info {
+/// Guest memory for a restore: the memory file mapped privately, region by
+/// region. Nothing is read up front: the guest faults pages in from the
+/// file as it touches them (holes read as zero), and its writes go to
+/// private copies, never to the file. The file must stay as it is (it may
+/// be unlinked or renamed over, not truncated or rewritten in place) while
+/// the VM runs. `mem_bytes` is the configured memory size, whose layout
+/// the snapshot's must be.
+pub fn map(
+    info: &MemoryInfo,
+    mem_bytes: u64,
+    path: &Path,
+) -> Result<GuestMemoryMmap, SnapshotError> {
+    let mut offset = 0;
+    let expected: Vec<RegionInfo> = crate::arch::layout::ram_ranges(mem_bytes)
+        .into_iter()
+        .map(|(guest_addr, size)| {
+            let r = RegionInfo {
+                guest_addr,
+                size,
+                file_offset: offset,
+            };
+            offset += size;
+            r
+        })
+        .collect();
+    if info.regions != expected || info.file_size != offset {
         return Err(SnapshotError::Mismatch(format!(
-            "guest memory layout differs: {} bytes in {} region(s) in the snapshot, {} bytes in {} here",
+            "guest memory layout differs: {} bytes in {} region(s) in the snapshot, {offset} bytes in {} here",
             info.file_size,
             info.regions.len(),
-            mine.file_size,
-            mine.regions.len()
+            expected.len()
         )));
     }
     let io = |source| SnapshotError::Io {
@@ -195,26 +186,42 @@ pub fn load(mem: &GuestMemoryMmap, info: &MemoryInfo, path: &Path) -> Result<u64
             info.file_size
         )));
     }
-    let mut read = 0;
+    let mut regions = Vec::with_capacity(info.regions.len());
     for r in &info.regions {
-        let (ptr, size) = host_slice(mem, r)?;
-        // SAFETY: `ptr..ptr+size` is a private anonymous mapping owned by
-        // `mem`; dropping its pages makes them read as zero again. No vCPU
-        // runs yet and no device has been activated.
-        if unsafe { libc::madvise(ptr as *mut libc::c_void, size, libc::MADV_DONTNEED) } != 0 {
-            return Err(io(std::io::Error::last_os_error()));
-        }
-        // SAFETY: as above; this is the only reference to the region while
-        // the VM is not running.
-        let bytes = unsafe { std::slice::from_raw_parts_mut(ptr, size) };
-        for (off, n) in data_extents(&file, r.file_offset, r.file_offset + r.size) {
-            let at = (off - r.file_offset) as usize;
-            file.read_exact_at(&mut bytes[at..at + n as usize], off)
-                .map_err(io)?;
-            read += n;
-        }
+        let size = usize::try_from(r.size).map_err(|_| SnapshotError::Invalid {
+            what: "guest memory".into(),
+            reason: "region larger than the address space".into(),
+        })?;
+        let fo = FileOffset::new(file.try_clone().map_err(io)?, r.file_offset);
+        let mapping = MmapRegionBuilder::new(size)
+            .with_file_offset(fo)
+            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+            .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
+            .build()
+            .map_err(|e| SnapshotError::Invalid {
+                what: format!("mapping {}", path.display()),
+                reason: e.to_string(),
+            })?;
+        let region =
+            GuestRegionMmap::new(mapping, GuestAddress(r.guest_addr)).ok_or_else(|| {
+                SnapshotError::Invalid {
+                    what: "guest memory".into(),
+                    reason: format!("region at {:#x} overflows", r.guest_addr),
+                }
+            })?;
+        regions.push(region);
     }
-    Ok(read)
+    GuestMemoryMmap::from_regions(regions).map_err(|e| SnapshotError::Invalid {
+        what: "guest memory".into(),
+        reason: e.to_string(),
+    })
+}
+
+/// Bytes of the memory file that hold data (allocated blocks).
+pub fn allocated_bytes(path: &Path) -> u64 {
+    std::fs::metadata(path)
+        .map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512)
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -223,7 +230,7 @@ mod tests {
     use vm_memory::Bytes;
 
     #[test]
-    fn sparse_round_trip_keeps_holes_and_clears_stale_memory() {
+    fn sparse_file_maps_back_privately() {
         let dir = std::env::temp_dir().join(format!("vmm-mem-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("mem");
@@ -235,23 +242,37 @@ mod tests {
         let (info, stats) = save(&mem, &path).unwrap();
         assert_eq!(stats.data_bytes, 2 * PAGE as u64);
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 2 << 20);
+        assert!(allocated_bytes(&path) < 1 << 20, "zero pages are holes");
 
-        let fresh = GuestMemoryMmap::from_ranges(&ranges).unwrap();
-        fresh.write_slice(b"stale", GuestAddress(0x9000)).unwrap();
-        load(&fresh, &info, &path).unwrap();
-        let mut b = [0u8; 5];
-        fresh.read_slice(&mut b[..3], GuestAddress(0x5000)).unwrap();
+        // The layout ram_ranges gives for 2 MiB is one region: refused.
+        let e = map(&info, 2 << 20, &path).unwrap_err();
+        assert!(matches!(e, SnapshotError::Mismatch(_)), "{e}");
+        // A layout that matches (one region of the file's size).
+        let one = MemoryInfo {
+            regions: vec![RegionInfo {
+                guest_addr: 0,
+                size: 2 << 20,
+                file_offset: 0,
+            }],
+            file_size: 2 << 20,
+        };
+        let back = map(&one, 2 << 20, &path).unwrap();
+        let mut b = [0u8; 4];
+        back.read_slice(&mut b[..3], GuestAddress(0x5000)).unwrap();
         assert_eq!(&b[..3], b"low");
-        fresh
-            .read_slice(&mut b[..4], GuestAddress((1 << 32) + 0xff000))
+        back.read_slice(&mut b, GuestAddress((1 << 20) + 0xff000))
             .unwrap();
-        assert_eq!(&b[..4], b"high");
-        fresh.read_slice(&mut b, GuestAddress(0x9000)).unwrap();
-        assert_eq!(b, [0; 5], "a hole in the file reads as zero");
-
-        let small = GuestMemoryMmap::from_ranges(&ranges[..1]).unwrap();
+        assert_eq!(&b, b"high");
+        back.read_slice(&mut b, GuestAddress(0x9000)).unwrap();
+        assert_eq!(b, [0; 4], "a hole reads as zero");
+        // Guest writes stay private.
+        back.write_slice(b"new!", GuestAddress(0x5000)).unwrap();
+        let file = std::fs::read(&path).unwrap();
+        assert_eq!(&file[0x5000..0x5003], b"low");
+        let short = dir.join("short");
+        std::fs::write(&short, [0u8; 4096]).unwrap();
         assert!(matches!(
-            load(&small, &info, &path),
+            map(&one, 2 << 20, &short),
             Err(SnapshotError::Mismatch(_))
         ));
         let _ = std::fs::remove_dir_all(&dir);
