@@ -185,7 +185,7 @@ fn counter_continues_in_a_new_process_after_pause_snapshot_kill_restore() {
     let (dir, snap, mem, last) = counter_snapshot("counter");
     let console = dir.join("console2.log");
     let sock = dir.join("api2.sock");
-    let _vmm = spawn(
+    let vmm = spawn(
         &[
             "--restore",
             s(&snap),
@@ -238,6 +238,42 @@ fn counter_continues_in_a_new_process_after_pause_snapshot_kill_restore() {
     });
     let c = counts(&console);
     assert!(c.windows(2).all(|w| w[1] == w[0] + 1), "{c:?}");
+
+    // A second hibernation of the restored VM, to the same paths: the new
+    // files are renamed over the ones this VM's memory is mapped from.
+    let (st, _) = api(&sock, "PATCH", "/vm", Some(r#"{"state":"Paused"}"#));
+    assert_eq!(st, 204);
+    let create = serde_json::json!({"snapshot_path": snap, "mem_file_path": mem}).to_string();
+    let (st, stats) = api(&sock, "PUT", "/snapshot/create", Some(&create));
+    assert_eq!(st, 200, "{stats}");
+    drop(vmm);
+    let last2 = *counts(&console).last().unwrap();
+    let console3 = dir.join("console3.log");
+    let _vmm = spawn(
+        &[
+            "--restore",
+            s(&snap),
+            "--restore-mem",
+            s(&mem),
+            "--serial",
+            s(&console3),
+        ],
+        &dir.join("vmm3.err"),
+    );
+    wait_for(
+        "counts after the second restore",
+        Duration::from_secs(30),
+        || counts(&console3).len() >= 2,
+    );
+    let both =
+        std::fs::read_to_string(&console).unwrap() + &std::fs::read_to_string(&console3).unwrap();
+    let all = counts_in(&both);
+    assert!(all[0] == last + 1 || all[0] == last + 2, "{all:?}");
+    assert!(*all.last().unwrap() > last2 + 1, "{all:?}");
+    assert!(
+        all.windows(2).all(|w| w[1] == w[0] + 1),
+        "one unbroken count across two restores: {all:?}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
