@@ -68,6 +68,9 @@ enum Verb {
         placement: Option<String>,
         #[arg(long)]
         instance_initiated_shutdown_behavior: Option<String>,
+        /// `Configured=true`: the instance can be hibernated (needs an encrypted root).
+        #[arg(long)]
+        hibernation_options: Option<String>,
         /// Follow the console after launch (default when no other argument is given).
         #[arg(long)]
         attach: bool,
@@ -264,6 +267,7 @@ fn run(cli: Cli) -> anyhow::Result<Option<Value>> {
             metadata_options,
             placement,
             instance_initiated_shutdown_behavior,
+            hibernation_options,
             attach,
             no_attach,
         } => {
@@ -272,7 +276,25 @@ fn run(cli: Cli) -> anyhow::Result<Option<Value>> {
                 && user_data.is_none()
                 && block_device_mappings.is_none()
                 && count == 1;
+            let hibernation = match &hibernation_options {
+                Some(text) => {
+                    let value = parse_argument("--hibernation-options", text)?;
+                    match &value["Configured"] {
+                        Value::Bool(b) => *b,
+                        Value::String(s) if s == "true" || s == "false" => s == "true",
+                        Value::Null => false,
+                        other => {
+                            return Err(Ec2Error::invalid_value(format!(
+                                "Invalid value {other} for HibernationOptions.Configured"
+                            ))
+                            .into())
+                        }
+                    }
+                }
+                None => false,
+            };
             let request = RunRequest {
+                hibernation,
                 image_id,
                 instance_type,
                 count,
@@ -499,8 +521,11 @@ fn attach_console(launcher: &Launcher, instance_id: &str) -> anyhow::Result<()> 
                 let _ = fifo.write_all(format!("{line}\n").as_bytes());
             }
         }
-        // Ctrl-D: detach, the instance keeps running.
-        std::process::exit(0);
+        // Ctrl-D on a terminal: detach, the instance keeps running. Without a
+        // terminal (a script), follow the console until the instance stops.
+        if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+            std::process::exit(0);
+        }
     });
     let mut offset = 0u64;
     let mut out = std::io::stdout();

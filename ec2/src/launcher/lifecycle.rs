@@ -74,6 +74,9 @@ impl Launcher {
                 Outcome::Begin(InstanceStateName::Pending) => {
                     supervisor::spawn(&self.paths, id)?;
                 }
+                Outcome::Begin(InstanceStateName::Stopping) if action == Action::Hibernate => {
+                    self.hibernate(id, &state)?
+                }
                 Outcome::Begin(_) => self.shut_down(id, &state, force)?,
             }
             changes.push(change);
@@ -122,6 +125,33 @@ impl Launcher {
             drop(paths);
         });
         Ok(())
+    }
+
+    /// Snapshot the VM to a hibernation volume, then stop its VMM. When the snapshot
+    /// cannot be taken the instance is shut down normally, as EC2 does.
+    fn hibernate(&self, id: &str, state: &LaunchState) -> Result<(), Ec2Error> {
+        if !Self::alive(state.vmm_pid) {
+            return self.shut_down(id, state, false);
+        }
+        match self.hibernate_vmm(id, state) {
+            Ok(volume) => {
+                {
+                    let _lock = self.paths.lock()?;
+                    self.instances().update(id, |record| {
+                        let mut s = LaunchState::of(record)?;
+                        s.hibernation_volume = Some(volume.clone());
+                        s.store(record);
+                        Ok(())
+                    })?;
+                }
+                self.shut_down(id, state, true)
+            }
+            Err(e) => {
+                log::warn!("{id}: hibernation failed ({e}); stopping instead");
+                let _ = self.vmm_call(id, "PATCH", "/vm", &json!({"state": "Resumed"}));
+                self.shut_down(id, state, false)
+            }
+        }
     }
 
     /// PUT /actions on the instance's VMM.

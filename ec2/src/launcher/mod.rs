@@ -8,6 +8,7 @@
 //! Verbs return EC2's response JSON. Every read-modify-write of a record holds the
 //! state directory's lock, so the CLI and the supervisors can run side by side.
 
+pub mod hibernate;
 pub mod images;
 pub mod kernels;
 pub mod lifecycle;
@@ -56,6 +57,12 @@ pub struct LaunchState {
     pub recoveries: u32,
     #[serde(default)]
     pub last_exit: Option<String>,
+    /// While hibernated: the encrypted volume holding the VM's snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hibernation_volume: Option<String>,
+    /// The restored VMM maps this memory file; removed when the VMM is gone.
+    #[serde(default)]
+    pub restored_from_hibernation: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -35,6 +35,8 @@ pub struct RunRequest {
     pub metadata_options: Option<MetadataOptionsRequest>,
     pub placement: Option<PlacementRequest>,
     pub shutdown_behavior: ShutdownBehavior,
+    /// `--hibernation-options Configured=true`.
+    pub hibernation: bool,
 }
 
 impl Launcher {
@@ -93,6 +95,13 @@ impl Launcher {
         let metadata = MetadataOptions::resolve(request.metadata_options.as_ref(), &image)?;
         let ops = self.snapshot_ops();
         let mappings = resolve_launch_mappings(&image, &request.block_device_mappings, &ops)?;
+        if request.hibernation {
+            crate::instances::check_hibernation(
+                &mappings,
+                &image.root_device_name,
+                itype.memory_mib,
+            )?;
+        }
         let (kernel_id, ramdisk_id) = match &image.boot_source {
             BootSource::Kernel {
                 kernel_id,
@@ -215,7 +224,9 @@ impl Launcher {
             metadata_options: plan.metadata.clone(),
             ena_support: image.ena_support,
             sriov_net_support: image.sriov_net_support.clone(),
-            hibernation_options: HibernationOptions { configured: false },
+            hibernation_options: HibernationOptions {
+                configured: request.hibernation,
+            },
             cpu_options: CpuOptions {
                 core_count: plan.vcpus.div_ceil(2).max(1),
                 threads_per_core: if plan.vcpus > 1 { 2 } else { 1 },

@@ -213,19 +213,41 @@ fn run_vmm(
     let api_sock = run.join("vmm.sock");
     let _ = std::fs::remove_file(&api_sock);
     let mut command = Command::new(sibling("vmm")?);
+    let resuming = match &state.hibernation_volume {
+        Some(volume) => {
+            let (snap, mem) = super::hibernate::fetch(ebs, id, volume, &run)?;
+            command
+                .arg("--restore")
+                .arg(snap)
+                .arg("--restore-mem")
+                .arg(mem);
+            true
+        }
+        None => false,
+    };
+    if !resuming {
+        command
+            .arg("--kernel")
+            .arg(&kernel)
+            .arg("--cmdline")
+            .arg(&state.kernel_parameters)
+            .arg("--imds")
+            .arg(&imds)
+            .arg("--smbios-uuid")
+            .arg(smbios_uuid(id))
+            .arg("--smbios-serial")
+            .arg(id);
+        if let Some(ramdisk) = &ramdisk {
+            command.arg("--initrd").arg(ramdisk);
+        }
+    }
     command
-        .arg("--kernel")
-        .arg(&kernel)
         .arg("--vcpus")
         .arg(state.vcpus.to_string())
         .arg("--mem-mib")
         .arg(state.mem_mib.to_string())
-        .arg("--cmdline")
-        .arg(&state.kernel_parameters)
         .arg("--api-sock")
         .arg(&api_sock)
-        .arg("--imds")
-        .arg(&imds)
         .arg("--net")
         .arg(format!(
             "tap={},mac={},ip={}/{},gw={}",
@@ -234,14 +256,7 @@ fn run_vmm(
             state.ip,
             network::PREFIX,
             network::GATEWAY
-        ))
-        .arg("--smbios-uuid")
-        .arg(smbios_uuid(id))
-        .arg("--smbios-serial")
-        .arg(id);
-    if let Some(ramdisk) = &ramdisk {
-        command.arg("--initrd").arg(ramdisk);
-    }
+        ));
     for (i, volume) in state.volumes.iter().enumerate() {
         let (vol, token) = volume
             .export
@@ -276,12 +291,23 @@ fn run_vmm(
         }
         if std::os::unix::net::UnixStream::connect(&api_sock).is_ok() {
             let _lock = paths.lock()?;
+            let mut discard = None;
             store.update(id, |record| {
                 if record.state() == InstanceStateName::Pending {
                     record.complete();
                 }
+                if resuming {
+                    let mut s = LaunchState::of(record)?;
+                    discard = s.hibernation_volume.take();
+                    s.restored_from_hibernation = true;
+                    s.store(record);
+                }
                 Ok(())
             })?;
+            if let Some(volume) = discard {
+                // Resumed: the snapshot lives on in the mapped memory file.
+                super::hibernate::discard(ebs, &volume);
+            }
             break;
         }
         if Instant::now() > deadline {
@@ -318,10 +344,20 @@ pub fn finish(
                 }
             }
         }
+        if let Some(volume) = state.hibernation_volume.take() {
+            super::hibernate::discard(ebs, &volume);
+        }
         // EC2 shows a terminated instance without its volumes.
         record.instance.block_device_mappings.clear();
         let run = paths.run_dir(instance_id);
         let _ = std::fs::remove_file(run.join("console.in"));
+    }
+    if state.restored_from_hibernation {
+        // The VMM that mapped the restored memory is gone.
+        let run = paths.run_dir(instance_id);
+        let _ = std::fs::remove_file(super::hibernate::state_file(&run));
+        let _ = std::fs::remove_file(super::hibernate::memory_file(&run));
+        state.restored_from_hibernation = false;
     }
     state.vmm_pid = None;
     state.supervisor_pid = None;
