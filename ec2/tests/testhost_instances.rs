@@ -43,7 +43,7 @@ send() { printf '%s\n' "$2" > "$NITRO_STATE_DIR/run/$1/console.in"; }
 err() { "$E" "$@" 2>&1 >/dev/null | head -1 | json 'd["Error"]["Code"]' 2>/dev/null; }
 
 AMI=$("$E" import-image --disk-containers "Format=raw,Url=file://$ROOTIMG" --kernel-file "$KERNEL" \
-      --ramdisk-file "$RAMDISK" --kernel-parameters "$CMDLINE" --name nitro-default | json 'd["ImageId"]')
+      --ramdisk-file "$RAMDISK" --kernel-parameters "$CMDLINE" --name nitro-default 2>/dev/null | json 'd["ImageId"]')
 echo "AMI $AMI"
 cat > /tmp/ud.sh <<'EOF'
 #!/bin/sh
