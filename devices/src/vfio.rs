@@ -13,10 +13,10 @@
 //!   without passing through the VMM.
 //! - Extended capabilities (SR-IOV, ARI, resizable BAR...) are hidden.
 //!
-//! - BARs without MSI-X structures are mmap'ed from VFIO and mapped into
-//!   the guest as KVM memory slots (through [`GuestMemoryMapper`]), so the
-//!   driver's register accesses never exit; the BAR holding the MSI-X
-//!   table/PBA (and BARs smaller than a page) stay trapped.
+//! - BARs are mmap'ed from VFIO and mapped into the guest as KVM memory
+//!   slots (through [`GuestMemoryMapper`]), so the driver's register
+//!   accesses never exit, except the pages holding the MSI-X table/PBA
+//!   (`direct_segments`) and BARs smaller than a page, which stay trapped.
 //!
 //! Masking: a masked vector's eventfd is detached from KVM (by the VMM's
 //! `MsiInterrupts`), so what the device signals meanwhile stays counted
@@ -52,7 +52,39 @@ const REGION_FLAG_MMAP: u32 = 4;
 struct DirectBar {
     host: u64,
     size: u64,
-    handle: Option<u32>,
+    /// The BAR's directly mapped (offset, length) segments.
+    segments: Vec<(u64, u64)>,
+    /// Their guest mappings (while the BAR is placed).
+    handles: Vec<u32>,
+}
+
+/// The parts of a BAR of `size` bytes that can be mapped into the guest, as
+/// (offset, length) pairs: everything except the pages touching `trapped`
+/// ranges (the MSI-X table and PBA, which must stay emulated). Mappings are
+/// made of whole pages, so a trapped range takes its pages with it.
+fn direct_segments(size: u64, trapped: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut holes: Vec<(u64, u64)> = trapped
+        .iter()
+        .filter(|(_, len)| *len > 0)
+        .map(|&(off, len)| {
+            let start = off / PAGE_SIZE * PAGE_SIZE;
+            let end = (off + len).div_ceil(PAGE_SIZE) * PAGE_SIZE;
+            (start.min(size), end.min(size))
+        })
+        .collect();
+    holes.sort_unstable();
+    let mut segments = Vec::new();
+    let mut at = 0;
+    for (start, end) in holes {
+        if start > at {
+            segments.push((at, start - at));
+        }
+        at = at.max(end);
+    }
+    if at < size {
+        segments.push((at, size - at));
+    }
+    segments
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -213,19 +245,28 @@ impl VfioPciDevice {
         let Some(mapper) = self.mapper.clone() else {
             return;
         };
-        let msix_bars: Vec<usize> = self
-            .msix
-            .as_ref()
-            .map(|(l, _)| vec![l.table_bar, l.pba_bar])
-            .unwrap_or_default();
+        let trapped_in = |bar: usize| -> Vec<(u64, u64)> {
+            let Some((l, _)) = &self.msix else {
+                return Vec::new();
+            };
+            let mut t = Vec::new();
+            if l.table_bar == bar {
+                t.push((l.table_offset, l.table_size));
+            }
+            if l.pba_bar == bar {
+                t.push((l.pba_offset, l.pba_size));
+            }
+            t
+        };
         for i in 0..NUM_BARS {
             let Some(vb) = self.bars[i].filter(|vb| vb.bar.index == i) else {
                 continue;
             };
             let region = i as u32;
             let size = self.device.get_region_size(region);
+            let segments = direct_segments(size, &trapped_in(i));
             if vb.bar.kind == BarKind::Io
-                || msix_bars.contains(&i)
+                || segments.is_empty()
                 || size < PAGE_SIZE
                 || !size.is_multiple_of(PAGE_SIZE)
                 || self.device.get_region_flags(region) & REGION_FLAG_MMAP == 0
@@ -254,19 +295,41 @@ impl VfioPciDevice {
                 continue;
             }
             let host = host as u64;
-            let handle = match mapper.map(vb.bar.addr, size, host) {
-                Ok(h) => Some(h),
-                Err(e) => {
-                    log::warn!("vfio {}: cannot map BAR {i} into the guest: {e}", self.name);
-                    None
+            let mut handles = Vec::new();
+            for &(off, len) in &segments {
+                match mapper.map(vb.bar.addr + off, len, host + off) {
+                    Ok(h) => handles.push(h),
+                    Err(e) => log::warn!(
+                        "vfio {}: cannot map BAR {i} [{off:#x}+{len:#x}] into the guest: {e}",
+                        self.name
+                    ),
                 }
-            };
-            log::info!(
-                "vfio {}: BAR {i} ({size:#x} bytes) mapped directly at {:#x}",
-                self.name,
-                vb.bar.addr
-            );
-            self.direct[i] = Some(DirectBar { host, size, handle });
+            }
+            if segments == [(0, size)] {
+                log::info!(
+                    "vfio {}: BAR {i} ({size:#x} bytes) mapped directly at {:#x}",
+                    self.name,
+                    vb.bar.addr
+                );
+            } else {
+                let text: Vec<String> = segments
+                    .iter()
+                    .map(|(off, len)| format!("{off:#x}+{len:#x}"))
+                    .collect();
+                log::info!(
+                    "vfio {}: BAR {i} ({size:#x} bytes) at {:#x}: {} mapped directly, \
+                     the MSI-X table/PBA pages trapped",
+                    self.name,
+                    vb.bar.addr,
+                    text.join(", ")
+                );
+            }
+            self.direct[i] = Some(DirectBar {
+                host,
+                size,
+                segments,
+                handles,
+            });
         }
     }
 
@@ -327,8 +390,10 @@ impl VfioPciDevice {
 impl Drop for VfioPciDevice {
     fn drop(&mut self) {
         for d in self.direct.iter_mut().filter_map(Option::take) {
-            if let (Some(h), Some(m)) = (d.handle, self.mapper.as_ref()) {
-                let _ = m.unmap(h);
+            if let Some(m) = self.mapper.as_ref() {
+                for h in d.handles {
+                    let _ = m.unmap(h);
+                }
             }
             // SAFETY: `host`/`size` describe the mapping made in
             // map_direct_bars, no longer mapped into the guest.
@@ -454,15 +519,19 @@ impl PciDevice for VfioPciDevice {
         let Some(d) = self.direct.get_mut(mv.index).and_then(Option::as_mut) else {
             return;
         };
-        if let Some(h) = d.handle.take() {
+        for h in d.handles.drain(..) {
             if let Err(e) = mapper.unmap(h) {
                 log::warn!("vfio {}: unmap BAR {}: {e}", self.name, mv.index);
             }
         }
         if mv.new != 0 {
-            match mapper.map(mv.new, d.size, d.host) {
-                Ok(h) => d.handle = Some(h),
-                Err(e) => log::warn!("vfio {}: remap BAR {}: {e}; trapped", self.name, mv.index),
+            for &(off, len) in &d.segments {
+                match mapper.map(mv.new + off, len, d.host + off) {
+                    Ok(h) => d.handles.push(h),
+                    Err(e) => {
+                        log::warn!("vfio {}: remap BAR {}: {e}; trapped", self.name, mv.index)
+                    }
+                }
             }
         }
     }
@@ -502,5 +571,35 @@ impl PciDevice for VfioPciDevice {
             }
         }
         self.device.region_write(bar as u32, data, offset);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn msix_pages_are_cut_out_of_direct_mappings() {
+        // No MSI-X structures: the whole BAR.
+        assert_eq!(direct_segments(0x4000, &[]), vec![(0, 0x4000)]);
+        // igbvf's MSI-X BAR: table at 0, PBA at 0x2000, 16 KiB: two pages trapped.
+        assert_eq!(
+            direct_segments(0x4000, &[(0, 0x30), (0x2000, 8)]),
+            vec![(0x1000, 0x1000), (0x3000, 0x1000)]
+        );
+        // Registers and MSI-X sharing a 64 KiB BAR: table and PBA mid-BAR, one
+        // table crossing a page boundary.
+        assert_eq!(
+            direct_segments(0x10000, &[(0x8ff0, 0x20), (0xc000, 8)]),
+            vec![(0, 0x8000), (0xa000, 0x2000), (0xd000, 0x3000)]
+        );
+        // Table and PBA on one page; everything trapped when they cover it all.
+        assert_eq!(
+            direct_segments(0x2000, &[(0x1000, 0x40), (0x1800, 8)]),
+            vec![(0, 0x1000)]
+        );
+        assert!(direct_segments(0x1000, &[(0, 0x100)]).is_empty());
+        // A range past the BAR (a broken capability) is clamped.
+        assert_eq!(direct_segments(0x2000, &[(0x5000, 8)]), vec![(0, 0x2000)]);
     }
 }

@@ -105,6 +105,13 @@ echo "RELEASED driver=$(basename $(readlink /sys/bus/pci/devices/$VF/driver)) le
         out.stdout.contains("BAR 0 (0x4000 bytes) mapped directly"),
         "the register BAR is a KVM memory slot, not trapped:\n{all}"
     );
+    assert!(
+        out.stdout.contains("BAR 3 (0x4000 bytes)")
+            && out.stdout.contains(
+                "0x1000+0x1000, 0x3000+0x1000 mapped directly, the MSI-X table/PBA pages trapped"
+            ),
+        "the MSI-X BAR's other pages are mapped, its table and PBA pages trapped:\n{all}"
+    );
     assert_eq!(field(&out.stdout, "DRIVER"), Some("igbvf"), "{all}");
     assert_eq!(
         field(&out.stdout, "MAC"),
