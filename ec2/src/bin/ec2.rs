@@ -163,6 +163,23 @@ enum Verb {
         #[arg(long)]
         no_reboot: bool,
     },
+    /// A new AMI with copies of the source's snapshots (optionally encrypted).
+    CopyImage {
+        #[arg(long)]
+        source_image_id: String,
+        #[arg(long)]
+        source_region: Option<String>,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        description: Option<String>,
+        #[arg(long)]
+        encrypted: bool,
+        #[arg(long)]
+        kms_key_id: Option<String>,
+        #[arg(long)]
+        copy_image_tags: bool,
+    },
     ModifyImageAttribute {
         #[arg(long)]
         image_id: String,
@@ -453,6 +470,28 @@ fn run(cli: Cli) -> anyhow::Result<Option<Value>> {
             description,
             no_reboot,
         } => launcher.create_image(&instance_id, &name, description.as_deref(), no_reboot)?,
+        Verb::CopyImage {
+            source_image_id,
+            source_region,
+            name,
+            description,
+            encrypted,
+            kms_key_id,
+            copy_image_tags,
+        } => {
+            let request: ec2::images::CopyImageRequest = from_json(json!({
+                "SourceImageId": source_image_id, "SourceRegion": source_region,
+                "Name": name, "Description": description,
+                "Encrypted": encrypted.then_some(true), "KmsKeyId": kms_key_id,
+                "CopyImageTags": copy_image_tags.then_some(true),
+            }))?;
+            let image = launcher.images().copy_image(
+                &request,
+                &launcher.account,
+                &launcher.snapshot_ops(),
+            )?;
+            json!({"ImageId": image.image_id})
+        }
         Verb::ModifyImageAttribute {
             image_id,
             launch_permission,
