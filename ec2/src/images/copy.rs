@@ -44,7 +44,7 @@ impl EbsdSnapshots {
 }
 
 /// ebsd already answers with EC2 codes; keep them when this crate knows them.
-fn from_api(error: ApiCallError) -> Ec2Error {
+pub(crate) fn from_api(error: ApiCallError) -> Ec2Error {
     match error {
         ApiCallError::Service { code, message, .. } => match ErrorCode::parse(&code) {
             Some(known) => Ec2Error::new(known, message),

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::shorthand::lenient;
 
+pub(crate) use copy::from_api;
 pub use copy::{
     CopyImageRequest, CopyPlan, EbsdSnapshots, PlannedSnapshotCopy, SnapshotCopyRequest,
     SnapshotOps,

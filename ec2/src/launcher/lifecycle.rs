@@ -156,19 +156,7 @@ impl Launcher {
 
     /// PUT /actions on the instance's VMM.
     fn vmm_action(&self, id: &str, action: &str) -> Result<(), Ec2Error> {
-        let sock = self.paths.run_dir(id).join("vmm.sock");
-        let client = ebs_blockdev::api::client::ApiClient::new(
-            ebs_blockdev::api::client::ApiTarget::Unix(sock),
-        );
-        let body = serde_json::to_vec(&json!({"action_type": action})).unwrap_or_default();
-        match client.request("PUT", "/actions", &body) {
-            Ok((status, _)) if status < 300 => Ok(()),
-            Ok((status, body)) => Err(Ec2Error::internal(format!(
-                "vmm of {id} refused {action}: {status} {}",
-                String::from_utf8_lossy(&body)
-            ))),
-            Err(e) => Err(Ec2Error::internal(format!("vmm of {id}: {e}"))),
-        }
+        self.vmm_call(id, "PUT", "/actions", &json!({"action_type": action}))
     }
 
     /// Wait until every instance is in `state` (the CLI's `--wait` / `aws ec2 wait`).

@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ebs_blockdev::api::client::{ApiCallError, ApiClient, ApiTarget};
+use ebs_blockdev::api::client::{ApiClient, ApiTarget};
+
+use crate::images::from_api;
 use serde_json::{json, Value};
 
 use super::paths::{io_error, StatePaths};
@@ -198,17 +200,6 @@ impl BlockService {
                 _ => std::thread::sleep(Duration::from_millis(200)),
             }
         }
-    }
-}
-
-/// ebsd answers with EC2 codes; keep them when this crate knows them.
-pub fn from_api(error: ApiCallError) -> Ec2Error {
-    match error {
-        ApiCallError::Service { code, message, .. } => match ErrorCode::parse(&code) {
-            Some(known) => Ec2Error::new(known, message),
-            None => Ec2Error::internal(format!("block service: {code}: {message}")),
-        },
-        other => Ec2Error::internal(format!("block service: {other}")),
     }
 }
 

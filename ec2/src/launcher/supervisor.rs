@@ -97,8 +97,10 @@ fn tail(path: &Path, bytes: u64) -> String {
 
 /// The supervisor's main loop (runs until the instance is stopped or terminated).
 pub fn supervise(paths: &StatePaths, instance_id: &str) -> Result<(), Ec2Error> {
-    let store = InstanceStore::open(paths.instances())?;
-    let ebs = BlockService::ensure(paths)?;
+    // Opened once: the instance store, the block service and the kernels' store
+    // serve every VMM this supervisor starts.
+    let launcher = Launcher::open(paths.clone(), crate::ids::LOCAL_ACCOUNT_ID)?;
+    let (store, ebs) = (launcher.instances(), launcher.ebs());
     {
         let _lock = paths.lock()?;
         store.update(instance_id, |record| {
@@ -114,11 +116,11 @@ pub fn supervise(paths: &StatePaths, instance_id: &str) -> Result<(), Ec2Error> 
         match record.state() {
             InstanceStateName::Pending | InstanceStateName::Running => {}
             InstanceStateName::Stopping | InstanceStateName::ShuttingDown => {
-                return finish(paths, &store, &ebs, instance_id)
+                return finish(paths, store, ebs, instance_id)
             }
             InstanceStateName::Stopped | InstanceStateName::Terminated => return Ok(()),
         }
-        let end = run_vmm(paths, &store, &ebs, &record)?;
+        let end = run_vmm(paths, store, ebs, launcher.kernels(), &record)?;
         log::info!("{instance_id}: vmm ended: {end:?}");
         let _lock = paths.lock()?;
         let mut record = store.get(instance_id)?;
@@ -166,20 +168,15 @@ fn run_vmm(
     paths: &StatePaths,
     store: &InstanceStore,
     ebs: &BlockService,
+    kernels: &super::kernels::Kernels,
     record: &InstanceRecord,
 ) -> Result<VmmEnd, Ec2Error> {
     let id = &record.instance.instance_id;
     let state = LaunchState::of(record)?;
     let run = paths.run_dir(id);
-    let launcher_kernels = {
-        let location = paths.store().to_string_lossy().into_owned();
-        let storage = ebs_blockdev::snapshot::storage::SnapshotStorage::open(&location)
-            .map_err(|e| Ec2Error::internal(format!("object store: {e}")))?;
-        super::kernels::Kernels::new(std::sync::Arc::new(storage), paths.root().join("cache"))
-    };
-    let kernel = launcher_kernels.kernel_file(&state.kernel_id)?;
+    let kernel = kernels.kernel_file(&state.kernel_id)?;
     let ramdisk = match &state.ramdisk_id {
-        Some(id) => Some(launcher_kernels.ramdisk_file(id)?),
+        Some(id) => Some(kernels.ramdisk_file(id)?),
         None => None,
     };
     network::create_tap(&state.tap)?;
