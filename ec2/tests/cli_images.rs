@@ -133,6 +133,15 @@ fn image_verbs_through_the_cli() {
     assert_eq!(image["State"], "available");
     assert_eq!(image["ImdsSupport"], "v2.0");
     let snap = root_snapshot(image);
+    // One filter value in shorthand, as scripts/lib/front-door-session.sh uses it.
+    let by_filter = front.ok(&[
+        "describe-images",
+        "--owners",
+        "self",
+        "--filters",
+        "Name=name,Values=imported-one",
+    ]);
+    assert_eq!(by_filter["Images"][0]["ImageId"], ami.as_str());
     assert_eq!(front.snapshot(&snap)["State"], "completed");
 
     // Copies: new snapshots; the encrypted one is encrypted; permissions stay behind.

@@ -257,12 +257,18 @@ fn user_data_arg(text: &str) -> anyhow::Result<UserData> {
     Ok(UserData::from_raw(bytes)?)
 }
 
+/// `--filters Name=n,Values=a,b ...`: `Values` is a list member, so the aws CLI's
+/// shorthand reads one value (`Values=a`) as a one-element list too.
 fn filters(list: &[String]) -> anyhow::Result<Value> {
-    Ok(if list.is_empty() {
-        json!([])
-    } else {
-        Value::Array(parse_list_arguments("--filters", list)?)
-    })
+    let mut parsed = parse_list_arguments("--filters", list)?;
+    for filter in &mut parsed {
+        if let Some(values) = filter.get_mut("Values") {
+            if !values.is_array() {
+                *values = Value::Array(vec![values.take()]);
+            }
+        }
+    }
+    Ok(Value::Array(parsed))
 }
 
 fn run(cli: Cli) -> anyhow::Result<Option<Value>> {
