@@ -7,24 +7,20 @@
 //! size (no loops) and checks every address against guest memory.
 
 use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::Instant;
 
-use crate::rate_limiter::{RateLimiter, RateLimiterConfig};
-use std::thread::JoinHandle;
-
-use virtio_queue::{Queue, QueueOwnedT, QueueT, Reader, Writer};
+use virtio_queue::{Queue, Reader, Writer};
 use vm_memory::{ByteValued, GuestMemoryMmap};
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{
-    ActivateError, InterruptKind, VirtioDevice, VirtioInterrupt, TYPE_BLOCK,
-    VIRTIO_RING_F_EVENT_IDX,
-};
+use super::{ActivateError, VirtioDevice, VirtioInterrupt, TYPE_BLOCK, VIRTIO_RING_F_EVENT_IDX};
+use crate::rate_limiter::{RateLimiter, RateLimiterConfig};
+use worker::{Completions, DriveContext, IoPool, QueueWorker};
 
 pub mod backend;
+mod worker;
 pub use backend::{BlockBackend, FileBackend};
 
 pub const SECTOR_SIZE: u64 = 512;
@@ -90,6 +86,8 @@ pub struct Block {
     acked: u64,
     /// Each worker hands its queue back when it stops.
     workers: Vec<(EventFd, JoinHandle<Queue>)>,
+    /// The I/O threads the queues' workers hand requests to.
+    pool: Option<Arc<IoPool>>,
 }
 
 impl Block {
@@ -102,6 +100,7 @@ impl Block {
             },
             acked: 0,
             workers: Vec::new(),
+            pool: None,
         }
     }
 
@@ -123,8 +122,9 @@ impl Block {
         c
     }
 
-    /// Stop the workers (each finishes the requests it is serving: they
-    /// are served synchronously) and collect their queues.
+    /// Stop the queue workers (each first waits for the requests it has
+    /// in flight and publishes them) and collect their queues; then stop
+    /// the I/O threads, which have nothing left to do.
     fn stop_workers(&mut self) -> Option<Vec<Queue>> {
         let mut queues = Vec::new();
         let mut all = true;
@@ -138,6 +138,8 @@ impl Block {
                 }
             }
         }
+        // The workers held the other references.
+        self.pool = None;
         all.then_some(queues)
     }
 }
@@ -194,21 +196,27 @@ impl VirtioDevice for Block {
         let limiter = Some(RateLimiter::new(&self.cfg.rate_limiter, Instant::now()))
             .filter(|l| !l.is_unlimited())
             .map(|l| Arc::new(Mutex::new(l)));
+        let mem = Arc::new(mem);
+        let pool = Arc::new(IoPool::new(DriveContext {
+            backend: Arc::clone(&self.backend),
+            read_only: self.cfg.read_only,
+            serial: self.cfg.serial.clone(),
+        }));
+        self.pool = Some(Arc::clone(&pool));
         for (index, (queue, kick)) in queues.into_iter().zip(kicks).enumerate() {
             let stop = EventFd::new(libc::EFD_NONBLOCK).map_err(ActivateError::Worker)?;
-            let worker = Worker {
+            let worker = QueueWorker {
                 index: index as u16,
                 queue,
                 kick,
                 stop: stop.try_clone().map_err(ActivateError::Worker)?,
-                mem: mem.clone(),
+                mem: Arc::clone(&mem),
                 interrupt: Arc::clone(&interrupt),
-                backend: Arc::clone(&self.backend),
-                read_only: self.cfg.read_only,
-                serial: self.cfg.serial.clone(),
-                buffer: Vec::new(),
+                pool: Arc::clone(&pool),
+                completions: Completions::new().map_err(ActivateError::Worker)?,
                 limiter: limiter.clone(),
                 blocked_until: None,
+                in_flight: 0,
             };
             let handle = std::thread::Builder::new()
                 .name(format!("blk-q{index}"))
@@ -228,26 +236,6 @@ impl VirtioDevice for Block {
     }
 }
 
-struct Worker {
-    index: u16,
-    queue: Queue,
-    kick: EventFd,
-    stop: EventFd,
-    mem: GuestMemoryMmap,
-    interrupt: Arc<VirtioInterrupt>,
-    backend: Arc<dyn BlockBackend>,
-    read_only: bool,
-    serial: String,
-    buffer: Vec<u8>,
-    /// Shared by the device's queues, like Firecracker's per-drive limiter.
-    limiter: Option<Arc<Mutex<RateLimiter>>>,
-    /// While throttled: when to try the queue again.
-    blocked_until: Option<Instant>,
-}
-
-const TOKEN_KICK: u64 = 1;
-const TOKEN_STOP: u64 = 2;
-
 /// Why a request failed, as the guest will see it.
 #[derive(Debug, PartialEq, Eq)]
 enum RequestError {
@@ -257,166 +245,20 @@ enum RequestError {
     Io(String),
 }
 
-impl Worker {
-    /// Serve the queue until told to stop; returns it with its positions.
-    fn run(mut self) -> Queue {
-        self.serve_until_stopped();
-        self.queue
-    }
-
-    fn serve_until_stopped(&mut self) {
-        let epoll = match Epoll::new() {
-            Ok(e) => e,
-            Err(e) => {
-                log::error!("virtio-blk q{}: {e}", self.index);
-                return;
-            }
-        };
-        for (fd, token) in [
-            (self.kick.as_raw_fd(), TOKEN_KICK),
-            (self.stop.as_raw_fd(), TOKEN_STOP),
-        ] {
-            if let Err(e) = epoll.ctl(
-                ControlOperation::Add,
-                fd,
-                EpollEvent::new(EventSet::IN, token),
-            ) {
-                log::error!("virtio-blk q{}: {e}", self.index);
-                return;
-            }
-        }
-        let mut events = [EpollEvent::default(); 2];
-        // Requests may already be queued before the first kick.
-        self.process_queue();
-        loop {
-            let timeout = match self.blocked_until {
-                Some(t) => t
-                    .saturating_duration_since(Instant::now())
-                    .as_millis()
-                    .clamp(1, i32::MAX as u128) as i32,
-                None => -1,
-            };
-            let n = match epoll.wait(timeout, &mut events) {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    log::error!("virtio-blk q{}: {e}", self.index);
-                    return;
-                }
-            };
-            for ev in &events[..n] {
-                match ev.data() {
-                    TOKEN_STOP => return,
-                    TOKEN_KICK => {
-                        let _ = self.kick.read();
-                        // While throttled, new requests wait for the timer.
-                        if self.blocked_until.is_none() {
-                            self.process_queue();
-                        }
-                    }
-                    _ => {}
-                }
-            }
-            if self.blocked_until.is_some_and(|t| Instant::now() >= t) {
-                self.process_queue();
-            }
-        }
-    }
-
-    /// Pay for a request before serving it; on refusal the chain goes back
-    /// on the queue and the worker sleeps until the limiter refills.
-    fn admit(&mut self, chain: &virtio_queue::DescriptorChain<&GuestMemoryMmap>) -> bool {
-        let Some(limiter) = &self.limiter else {
-            return true;
-        };
-        let bytes: u64 = chain.clone().map(|d| u64::from(d.len())).sum();
-        let now = Instant::now();
-        match limiter
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .consume(bytes, now)
-        {
-            Ok(()) => true,
-            Err(wait) => {
-                self.queue.go_to_previous_position();
-                self.blocked_until = Some(now + wait);
-                false
-            }
-        }
-    }
-
-    fn process_queue(&mut self) {
-        self.blocked_until = None;
-        // A cheap handle (the regions are shared), so that descriptor
-        // chains do not borrow `self`.
-        let mem = self.mem.clone();
-        loop {
-            // With EVENT_IDX, disable notifications while draining and
-            // re-check after enabling them, so no request is missed.
-            if let Err(e) = self.queue.disable_notification(&self.mem) {
-                log::warn!("virtio-blk q{}: {e:?}", self.index);
-            }
-            let mut served = false;
-            while let Some(chain) = self.queue.pop_descriptor_chain(&mem) {
-                if !self.admit(&chain) {
-                    break;
-                }
-                let head = chain.head_index();
-                let written = self.serve(&mem, chain);
-                if let Err(e) = self.queue.add_used(&self.mem, head, written) {
-                    log::warn!("virtio-blk q{}: cannot add used entry: {e:?}", self.index);
-                }
-                served = true;
-            }
-            if served {
-                match self.queue.needs_notification(&self.mem) {
-                    Ok(true) => self.interrupt.trigger(InterruptKind::Queue(self.index)),
-                    Ok(false) => {}
-                    Err(e) => log::warn!("virtio-blk q{}: {e:?}", self.index),
-                }
-            }
-            if self.blocked_until.is_some() {
-                // The timer brings us back; notifications stay off meanwhile.
-                return;
-            }
-            match self.queue.enable_notification(&self.mem) {
-                Ok(true) => continue, // more arrived meanwhile
-                Ok(false) => return,
-                Err(e) => {
-                    log::warn!("virtio-blk q{}: {e:?}", self.index);
-                    return;
-                }
-            }
-        }
-    }
-
-    fn serve(
-        &mut self,
-        mem: &GuestMemoryMmap,
-        chain: virtio_queue::DescriptorChain<&GuestMemoryMmap>,
-    ) -> u32 {
-        handle_request(
-            mem,
-            chain,
-            &*self.backend,
-            self.read_only,
-            &self.serial,
-            &mut self.buffer,
-        )
-    }
-}
-
 /// Serve one request chain: parse, execute, write the status byte.
 /// Returns the number of bytes written into guest buffers (the used
 /// length), 0 when the chain is too broken to carry a status.
-fn handle_request(
+fn handle_request<M>(
     mem: &GuestMemoryMmap,
-    chain: virtio_queue::DescriptorChain<&GuestMemoryMmap>,
+    chain: virtio_queue::DescriptorChain<M>,
     backend: &dyn BlockBackend,
     read_only: bool,
     serial: &str,
     buffer: &mut Vec<u8>,
-) -> u32 {
+) -> u32
+where
+    M: std::ops::Deref<Target = GuestMemoryMmap> + Clone,
+{
     let (mut reader, mut writer) = match (Reader::new(mem, chain.clone()), Writer::new(mem, chain))
     {
         (Ok(r), Ok(w)) => (r, w),
@@ -637,5 +479,7 @@ pub fn fuzz_queue(data: &[u8]) {
     }
 }
 
+#[cfg(test)]
+mod device_tests;
 #[cfg(test)]
 mod tests;

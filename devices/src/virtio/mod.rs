@@ -123,3 +123,31 @@ impl VirtioInterrupt {
         }
     }
 }
+
+#[cfg(test)]
+impl VirtioInterrupt {
+    /// Interrupts for device tests: MSI-X stays disabled, so every trigger
+    /// sets the ISR bits and signals `intx`.
+    pub(crate) fn for_tests(intx: EventFd) -> Self {
+        struct NoMsi;
+        impl crate::pci::MsiInterrupts for NoMsi {
+            fn update(
+                &self,
+                _vector: u16,
+                _msg: Option<crate::pci::MsiMessage>,
+            ) -> std::io::Result<()> {
+                Ok(())
+            }
+            fn fire(&self, _vector: u16) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        Self {
+            msix: Arc::new(Mutex::new(MsixConfig::new(1, Arc::new(NoMsi)))),
+            config_vector: Arc::new(AtomicU16::new(NO_VECTOR)),
+            queue_vectors: Arc::new(vec![AtomicU16::new(NO_VECTOR)]),
+            isr: Arc::new(AtomicU8::new(0)),
+            intx,
+        }
+    }
+}
