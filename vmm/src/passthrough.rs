@@ -1,8 +1,9 @@
 //! VFIO passthrough wiring: one VFIO container per VM (with KVM's VFIO
 //! pseudo-device, so KVM knows about non-coherent DMA), all guest memory
 //! DMA-mapped at IOVA = guest physical address, and each passed-through
-//! function on the PCI bus with its BARs in the MMIO hole and its MSI-X
-//! vectors on KVM irqfds.
+//! function on the PCI bus with its BARs in the MMIO hole, its MSI-X
+//! vectors on KVM irqfds and its INTx on a resampling irqfd of its slot's
+//! GSI ([`KvmIntxLine`]).
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -12,6 +13,7 @@ use kvm_bindings::{kvm_create_device, kvm_device_type_KVM_DEV_TYPE_VFIO};
 use kvm_ioctls::VmFd;
 use vfio_ioctls::{VfioContainer, VfioDeviceFd, VfioError};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PassthroughError {
@@ -138,6 +140,40 @@ impl Passthrough {
 impl Drop for Passthrough {
     fn drop(&mut self) {
         self.unmap_all();
+    }
+}
+
+/// A passed-through function's INTx in KVM: the slot's GSI (an IOAPIC pin,
+/// routed by the _PRT) driven by a resampling irqfd, so a level interrupt
+/// is asserted from VFIO's trigger eventfd and, at the guest's EOI,
+/// deasserted with the resample eventfd signalled (VFIO then unmasks the
+/// host line), all in the kernel.
+pub struct KvmIntxLine {
+    vm: Arc<VmFd>,
+    gsi: u32,
+}
+
+impl KvmIntxLine {
+    pub fn new(vm: Arc<VmFd>, gsi: u32) -> Self {
+        Self { vm, gsi }
+    }
+}
+
+impl devices::vfio::IntxLine for KvmIntxLine {
+    fn gsi(&self) -> u32 {
+        self.gsi
+    }
+
+    fn attach(&self, trigger: &EventFd, resample: &EventFd) -> io::Result<()> {
+        self.vm
+            .register_irqfd_with_resample(trigger, resample, self.gsi)
+            .map_err(|e| io::Error::other(format!("KVM_IRQFD (resample) GSI {}: {e}", self.gsi)))
+    }
+
+    fn detach(&self, trigger: &EventFd) -> io::Result<()> {
+        self.vm
+            .unregister_irqfd(trigger, self.gsi)
+            .map_err(|e| io::Error::other(format!("KVM_IRQFD deassign GSI {}: {e}", self.gsi)))
     }
 }
 

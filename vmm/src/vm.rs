@@ -592,6 +592,17 @@ impl Vm {
             Arc::clone(self.device_slots.get_or_insert_with(|| {
                 Arc::new(crate::interrupts::KvmSlots::new(vm_fd, first_free))
             }));
+        // The slot decides the INTx GSI (the _PRT's routing), as for virtio.
+        let slot = self
+            .pci
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .free_slot()
+            .ok_or(devices::pci::PciRootError::Full)?;
+        let intx = crate::passthrough::KvmIntxLine::new(
+            Arc::clone(&self.vm_fd),
+            self.pci_resources.intx_gsi(slot),
+        );
         let dev = VfioPciDevice::new(
             device,
             bars.clone(),
@@ -599,20 +610,18 @@ impl Vm {
             fds,
             bdf.to_string(),
             Some(slots),
+            Some(Arc::new(intx)),
         )
         .map_err(|e| VmError::Vfio(e.to_string()))?;
-        let slot = self
-            .pci
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .free_slot()
-            .ok_or(devices::pci::PciRootError::Full)?;
+        let intx_text = dev
+            .intx_gsi()
+            .map_or_else(|| "no INTx".to_string(), |g| format!("INTx GSI {g}"));
         self.pci
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .add_device(slot, Arc::new(Mutex::new(dev)))?;
         log::info!(
-            "PCI 00:{slot:02x}.0: VFIO {bdf}, {} BAR(s), {vectors} MSI-X vector(s)",
+            "PCI 00:{slot:02x}.0: VFIO {bdf}, {} BAR(s), {vectors} MSI-X vector(s), {intx_text}",
             bars.len()
         );
         Ok(())

@@ -11,7 +11,11 @@
 //!   told to signal one eventfd per vector, the same eventfds that are the
 //!   KVM irqfds of the vectors' GSIs, so device interrupts reach the guest
 //!   without passing through the VMM.
-//! - Extended capabilities (SR-IOV, ARI, resizable BAR...) are hidden.
+//! - Extended capabilities (SR-IOV, ARI, resizable BAR...) are hidden, and
+//!   so is plain MSI (not wired: a guest without MSI-X must use INTx).
+//! - INTx ([`intx`]): the Interrupt Pin as INTA when VFIO offers INTx, the
+//!   Interrupt Line as guest scratch; VFIO's trigger and unmask eventfds
+//!   are a resampling KVM irqfd on the slot's GSI, on while MSI-X is off.
 //!
 //! - BARs are mmap'ed from VFIO and mapped into the guest as KVM memory
 //!   slots (through [`GuestMemoryMapper`]), so the driver's register
@@ -20,7 +24,9 @@
 //!
 //! Masking: a masked vector's eventfd is detached from KVM (by the VMM's
 //! `MsiInterrupts`), so what the device signals meanwhile stays counted
-//! and is delivered on unmask. INTx is not wired.
+//! and is delivered on unmask.
+
+mod intx;
 
 use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
@@ -32,10 +38,13 @@ use crate::pci::config::{Bar, BarKind, BarMove, NUM_BARS};
 use crate::pci::msix::MSIX_CAP_ID;
 use crate::pci::{MsiInterrupts, MsixConfig, PciDevice};
 
+pub use intx::{IntxError, IntxLine, IrqControl, VfioIrqs};
+
 const CONFIG_REGION: u32 = 7;
 const BAR0_REG: usize = 0x10;
 const ROM_BAR_REG: usize = 0x30;
 const CAP_PTR_REG: usize = 0x34;
+const MSI_CAP_ID: u8 = 0x05;
 
 /// Maps host memory into the guest's physical address space (KVM memory
 /// slots), for BARs the guest may touch directly.
@@ -93,6 +102,8 @@ pub enum VfioPciError {
     Bar { index: usize, detail: String },
     #[error("MSI-X: {0}")]
     Msix(String),
+    #[error(transparent)]
+    Irqs(#[from] IntxError),
 }
 
 /// Where the MSI-X structures live in the device's BARs.
@@ -121,6 +132,10 @@ pub struct VfioPciDevice {
     msix: Option<(MsixLayout, Arc<Mutex<MsixConfig>>)>,
     msix_control: u16,
     vector_fds: Vec<EventFd>,
+    /// INTx and MSI-X in VFIO/KVM (one at a time), INTx config registers.
+    irqs: IrqControl,
+    /// The config byte that unlinks the MSI capability: (offset, value).
+    msi_unlink: Option<(usize, u8)>,
     name: String,
     mapper: Option<Arc<dyn GuestMemoryMapper>>,
     direct: [Option<DirectBar>; NUM_BARS],
@@ -151,6 +166,28 @@ fn read_config_u32(device: &VfioDevice, at: usize) -> u32 {
     u32::from_le_bytes(b)
 }
 
+/// Where the capability list must be patched to skip the MSI capability:
+/// the next-pointer byte that points at it (or the list head) and the
+/// value that skips it. `read` reads a config dword.
+fn msi_unlink(read: impl Fn(usize) -> u32) -> Option<(usize, u8)> {
+    let mut pointer_at = CAP_PTR_REG;
+    let mut at = (read(CAP_PTR_REG) & 0xfc) as usize;
+    // Bounded walk: a broken list must not loop forever.
+    for _ in 0..48 {
+        if !(0x40..=0xfc).contains(&at) {
+            return None;
+        }
+        let header = read(at);
+        let next = ((header >> 8) & 0xfc) as u8;
+        if header as u8 == MSI_CAP_ID {
+            return Some((pointer_at, next));
+        }
+        pointer_at = at + 1;
+        at = usize::from(next);
+    }
+    None
+}
+
 fn find_capability(device: &VfioDevice, id: u8) -> Option<usize> {
     let mut at = (read_config_u32(device, CAP_PTR_REG) & 0xfc) as usize;
     // Bounded walk: a broken list must not loop forever.
@@ -177,7 +214,8 @@ pub fn msix_vector_count(device: &VfioDevice) -> u16 {
 impl VfioPciDevice {
     /// `bars` are the addresses the VMM allocated, per BAR index (from
     /// [`probe_bar`]); `msi` delivers the MSI-X vectors, and
-    /// `vector_fds[v]` must be the irqfd of vector `v`.
+    /// `vector_fds[v]` must be the irqfd of vector `v`; `intx` is the
+    /// guest's INTx line of the function's slot.
     pub fn new(
         device: Arc<VfioDevice>,
         bars: Vec<Bar>,
@@ -185,6 +223,7 @@ impl VfioPciDevice {
         vector_fds: Vec<EventFd>,
         name: String,
         mapper: Option<Arc<dyn GuestMemoryMapper>>,
+        intx: Option<Arc<dyn IntxLine>>,
     ) -> Result<Self, VfioPciError> {
         let mut table: [Option<VirtualBar>; NUM_BARS] = [None; NUM_BARS];
         for b in bars {
@@ -226,12 +265,22 @@ impl VfioPciDevice {
         };
         // Start from a clean device state.
         device.reset();
+        let msi_unlink = msi_unlink(|at| read_config_u32(&device, at));
+        let pin = (read_config_u32(&device, intx::INTERRUPT_LINE) >> 8) as u8;
+        let irqs = IrqControl::new(
+            Arc::clone(&device) as Arc<dyn VfioIrqs>,
+            pin,
+            intx,
+            name.clone(),
+        )?;
         let mut dev = Self {
             device,
             bars: table,
             msix,
             msix_control: 0,
             vector_fds,
+            irqs,
+            msi_unlink,
             name,
             mapper,
             direct: Default::default(),
@@ -333,6 +382,11 @@ impl VfioPciDevice {
         }
     }
 
+    /// The GSI of the function's INTx, if it has one.
+    pub fn intx_gsi(&self) -> Option<u32> {
+        self.irqs.intx_gsi()
+    }
+
     /// MSI-X vectors the device has (0 without MSI-X).
     pub fn msix_vectors(&self) -> u16 {
         self.msix
@@ -375,13 +429,17 @@ impl VfioPciDevice {
         if now && !was {
             let n = usize::from(self.msix_vectors());
             let fds: Vec<&EventFd> = self.vector_fds.iter().take(n).collect();
-            match self.device.enable_msix(fds) {
+            match self.irqs.enable_msix(&fds) {
                 Ok(()) => log::info!("vfio {}: MSI-X enabled ({n} vectors)", self.name),
                 Err(e) => log::error!("vfio {}: cannot enable MSI-X: {e}", self.name),
             }
         } else if was && !now {
-            if let Err(e) = self.device.disable_msix() {
-                log::warn!("vfio {}: cannot disable MSI-X: {e}", self.name);
+            match self.irqs.disable_msix() {
+                Ok(()) if self.irqs.intx_on() => {
+                    log::info!("vfio {}: MSI-X disabled, back to INTx", self.name)
+                }
+                Ok(()) => {}
+                Err(e) => log::warn!("vfio {}: MSI-X off / INTx on: {e}", self.name),
             }
         }
     }
@@ -399,9 +457,8 @@ impl Drop for VfioPciDevice {
             // map_direct_bars, no longer mapped into the guest.
             unsafe { libc::munmap(d.host as *mut libc::c_void, d.size as usize) };
         }
-        if self.msix_control & 0x8000 != 0 {
-            let _ = self.device.disable_msix();
-        }
+        // MSI-X or INTx off in VFIO, the INTx irqfd out of KVM.
+        self.irqs.teardown();
         // Leave the function quiet for whoever gets it next.
         self.device.reset();
     }
@@ -415,6 +472,7 @@ impl PciDevice for VfioPciDevice {
             return;
         }
         self.device.region_read(CONFIG_REGION, data, offset as u64);
+        self.irqs.read_config(offset, data);
         for (i, b) in data.iter_mut().enumerate() {
             let at = offset + i;
             if let Some((reg, byte)) = Self::bar_index_for_reg(at & !3).map(|(r, _)| (r, at & 3)) {
@@ -426,6 +484,8 @@ impl PciDevice for VfioPciDevice {
                 };
             } else if (ROM_BAR_REG..ROM_BAR_REG + 4).contains(&at) {
                 *b = 0;
+            } else if self.msi_unlink.is_some_and(|(ptr, _)| ptr == at) {
+                *b = self.msi_unlink.map_or(0, |(_, next)| next);
             } else if let Some((layout, _)) = &self.msix {
                 if at == layout.cap + 3 {
                     // Enable and function-mask bits are ours.
@@ -481,7 +541,8 @@ impl PciDevice for VfioPciDevice {
             self.bars[lower] = Some(vb);
             return moves;
         }
-        if (ROM_BAR_REG..ROM_BAR_REG + 4).contains(&offset) {
+        if (ROM_BAR_REG..ROM_BAR_REG + 4).contains(&offset) || self.irqs.write_config(offset, data)
+        {
             return Vec::new();
         }
         if let Some((layout, _)) = self.msix {
@@ -601,5 +662,39 @@ mod tests {
         assert!(direct_segments(0x1000, &[(0, 0x100)]).is_empty());
         // A range past the BAR (a broken capability) is clamped.
         assert_eq!(direct_segments(0x2000, &[(0x5000, 8)]), vec![(0, 0x2000)]);
+    }
+
+    /// A config space with the given capabilities (id, offset) chained in order.
+    fn caps(list: &[(u8, usize)]) -> impl Fn(usize) -> u32 {
+        let mut space = [0u32; 64];
+        space[CAP_PTR_REG / 4] = list.first().map_or(0, |c| c.1 as u32);
+        for (i, &(id, at)) in list.iter().enumerate() {
+            let next = list.get(i + 1).map_or(0, |c| c.1 as u32);
+            space[at / 4] = u32::from(id) | (next << 8);
+        }
+        move |at| space[at / 4]
+    }
+
+    #[test]
+    fn msi_capability_is_unlinked() {
+        // 82576 PF: PM, MSI, MSI-X, PCIe: PM's next pointer skips MSI.
+        let pf = caps(&[(0x01, 0x40), (MSI_CAP_ID, 0x50), (0x11, 0x70), (0x10, 0xa0)]);
+        assert_eq!(msi_unlink(pf), Some((0x41, 0x70)));
+        // MSI first: the list head moves.
+        assert_eq!(
+            msi_unlink(caps(&[(MSI_CAP_ID, 0x50), (0x11, 0x70)])),
+            Some((CAP_PTR_REG, 0x70))
+        );
+        // MSI last: the previous capability ends the list.
+        assert_eq!(
+            msi_unlink(caps(&[(0x11, 0x70), (MSI_CAP_ID, 0x50)])),
+            Some((0x71, 0))
+        );
+        // A VF: MSI-X and PCIe only; no capabilities at all.
+        assert_eq!(msi_unlink(caps(&[(0x11, 0x70), (0x10, 0xa0)])), None);
+        assert_eq!(msi_unlink(caps(&[])), None);
+        // A loop in a broken list ends.
+        let looped = |at: usize| if at == CAP_PTR_REG { 0x40 } else { 0x4001 };
+        assert_eq!(msi_unlink(looped), None);
     }
 }
