@@ -304,6 +304,16 @@ impl CreditAccount {
         self.last_update_secs = now.as_secs_f64();
         self.last_usage_usec = 0;
     }
+
+    /// A VMM joined the instance's cgroup, whose counter reads `usage_usec`: a stopped
+    /// account starts again counting from there; a running one (a restarted supervisor
+    /// or VMM in the same cgroup) goes on as it was, since the counter went on too.
+    pub fn start_with_usage(&mut self, now: Duration, usage_usec: u64) {
+        if self.stopped_at_secs.is_some() {
+            self.start(now);
+            self.last_usage_usec = usage_usec;
+        }
+    }
 }
 
 #[cfg(test)]

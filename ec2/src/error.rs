@@ -58,6 +58,7 @@ error_codes! {
     InvalidBlockDeviceMapping => "InvalidBlockDeviceMapping", 400;
     InvalidInstanceIdMalformed => "InvalidInstanceID.Malformed", 400;
     InvalidInstanceIdNotFound => "InvalidInstanceID.NotFound", 400;
+    InvalidIpAddressInUse => "InvalidIPAddress.InUse", 400;
     InvalidKeyPairNotFound => "InvalidKeyPair.NotFound", 400;
     InvalidNetworkInterfaceIdMalformed => "InvalidNetworkInterfaceID.Malformed", 400;
     InvalidNetworkInterfaceIdNotFound => "InvalidNetworkInterfaceID.NotFound", 400;

@@ -73,6 +73,12 @@ impl InstanceTypeInfo {
             .map_or(self.instance_type, |(family, _)| family)
     }
 
+    /// Whether the type has enhanced networking: every type in the catalogue is a Nitro
+    /// type with ENA `required` (DescribeInstanceTypes' `EnaSupport`).
+    pub fn supports_enhanced_networking(&self) -> bool {
+        true
+    }
+
     /// The `InstanceTypes[]` element of DescribeInstanceTypes, with EC2's field names.
     pub fn describe_json(&self) -> serde_json::Value {
         let peak = self.network.peak_bandwidth_in_gbps;

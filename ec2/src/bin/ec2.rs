@@ -10,10 +10,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use ec2::cpu_credits::CreditMode;
 use ec2::images::{DescribeImagesRequest, ModifyImageAttributeRequest, RegisterImageRequest};
 use ec2::instances::{
-    parse_block_device_mappings, parse_metadata_options, parse_placement, Action,
-    DescribeInstancesRequest, InstanceStateName, ShutdownBehavior,
+    parse_block_device_mappings, parse_metadata_options, parse_network_interfaces, parse_placement,
+    Action, DescribeInstancesRequest, InstanceStateName, ShutdownBehavior,
 };
 use ec2::launcher::images::ImportRequest;
 use ec2::launcher::paths::StatePaths;
@@ -71,6 +72,14 @@ enum Verb {
         /// `Configured=true`: the instance can be hibernated (needs an encrypted root).
         #[arg(long)]
         hibernation_options: Option<String>,
+        /// The primary ENI (DeviceIndex=0): `InterfaceType=interface` (the launcher
+        /// decides), `enhanced` (an SR-IOV VF or fail) or `emulated` (virtio-net);
+        /// `Description`, `PrivateIpAddress`.
+        #[arg(long, num_args = 1..)]
+        network_interfaces: Vec<String>,
+        /// `CpuCredits=standard|unlimited` (T types; default unlimited).
+        #[arg(long)]
+        credit_specification: Option<String>,
         /// Follow the console after launch (default when no other argument is given).
         #[arg(long)]
         attach: bool,
@@ -194,6 +203,16 @@ enum Verb {
         #[arg(long)]
         attribute: String,
     },
+    /// `--instance-credit-specifications InstanceId=i-..,CpuCredits=standard ...`
+    ModifyInstanceCreditSpecification {
+        #[arg(long, num_args = 1.., required = true)]
+        instance_credit_specifications: Vec<String>,
+    },
+    /// CPU credit modes (and this host's balances) of T instances.
+    DescribeInstanceCreditSpecifications {
+        #[arg(long, num_args = 1..)]
+        instance_ids: Vec<String>,
+    },
     DescribeInstanceTypes {
         #[arg(long, num_args = 1..)]
         instance_types: Vec<String>,
@@ -291,6 +310,8 @@ fn run(cli: Cli) -> anyhow::Result<Option<Value>> {
             placement,
             instance_initiated_shutdown_behavior,
             hibernation_options,
+            network_interfaces,
+            credit_specification,
             attach,
             no_attach,
         } => {
@@ -316,8 +337,24 @@ fn run(cli: Cli) -> anyhow::Result<Option<Value>> {
                 }
                 None => false,
             };
+            let credit_specification = match &credit_specification {
+                Some(text) => {
+                    let value = parse_argument("--credit-specification", text)?;
+                    let mode = value["CpuCredits"]
+                        .as_str()
+                        .ok_or_else(|| Ec2Error::missing("CreditSpecification.CpuCredits"))?;
+                    Some(mode.parse::<CreditMode>()?)
+                }
+                None => None,
+            };
             let request = RunRequest {
+                credit_specification,
                 hibernation,
+                network_interfaces: if network_interfaces.is_empty() {
+                    Vec::new()
+                } else {
+                    parse_network_interfaces(&network_interfaces)?
+                },
                 image_id,
                 instance_type,
                 count,
@@ -522,6 +559,27 @@ fn run(cli: Cli) -> anyhow::Result<Option<Value>> {
         } => launcher
             .images()
             .describe_attribute(&image_id, &attribute, &launcher.account)?,
+        Verb::ModifyInstanceCreditSpecification {
+            instance_credit_specifications,
+        } => {
+            let mut changes = Vec::new();
+            for item in parse_list_arguments(
+                "--instance-credit-specifications",
+                &instance_credit_specifications,
+            )? {
+                let id = item["InstanceId"]
+                    .as_str()
+                    .ok_or_else(|| Ec2Error::missing("InstanceCreditSpecification.InstanceId"))?;
+                let mode = item["CpuCredits"]
+                    .as_str()
+                    .ok_or_else(|| Ec2Error::missing("InstanceCreditSpecification.CpuCredits"))?;
+                changes.push((id.to_string(), mode.parse::<CreditMode>()?));
+            }
+            launcher.modify_credit_specification(&changes)?
+        }
+        Verb::DescribeInstanceCreditSpecifications { instance_ids } => {
+            launcher.describe_credit_specifications(&instance_ids)?
+        }
         Verb::DescribeInstanceTypes { instance_types } => {
             let types: Vec<Value> = if instance_types.is_empty() {
                 ec2::instance_types::all()

@@ -178,7 +178,8 @@ pub struct NetworkInterfaceRequest {
     pub delete_on_termination: Option<bool>,
     #[serde(default, deserialize_with = "lenient::opt_bool")]
     pub associate_public_ip_address: Option<bool>,
-    /// `interface` (ENA: emulated or VF, as the launcher decides) or `efa`.
+    /// `interface` (emulated or VF, as the launcher decides), this host's `enhanced`
+    /// (a VF or fail) and `emulated`, or `efa`.
     pub interface_type: Option<String>,
     #[serde(default, deserialize_with = "lenient::opt_u32")]
     pub network_card_index: Option<u32>,
@@ -235,7 +236,8 @@ pub fn validate_network_interfaces(interfaces: &[NetworkInterfaceRequest]) -> Re
             }
         }
         match interface.interface_type.as_deref() {
-            None | Some("interface") => {}
+            // `enhanced`/`emulated`: this host's extension (docs/front-door.md).
+            None | Some("interface" | "enhanced" | "emulated") => {}
             Some(kind @ ("efa" | "efa-only" | "trunk")) => {
                 return Err(Ec2Error::new(
                     ErrorCode::Unsupported,
@@ -248,7 +250,14 @@ pub fn validate_network_interfaces(interfaces: &[NetworkInterfaceRequest]) -> Re
                 one_of(
                     "InterfaceType",
                     other,
-                    &["interface", "efa", "efa-only", "trunk"],
+                    &[
+                        "interface",
+                        "enhanced",
+                        "emulated",
+                        "efa",
+                        "efa-only",
+                        "trunk",
+                    ],
                 )?;
             }
         }

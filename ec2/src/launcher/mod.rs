@@ -8,15 +8,18 @@
 //! Verbs return EC2's response JSON. Every read-modify-write of a record holds the
 //! state directory's lock, so the CLI and the supervisors can run side by side.
 
+pub mod enhanced;
 pub mod hibernate;
 pub mod images;
 pub mod kernels;
 pub mod lifecycle;
 pub mod network;
 pub mod paths;
+pub mod qos;
 pub mod run;
 pub mod services;
 pub mod supervisor;
+pub mod vf_dhcp;
 
 use std::sync::Arc;
 
@@ -46,6 +49,12 @@ pub struct LaunchState {
     pub ip: String,
     pub mac: String,
     pub tap: String,
+    /// The primary ENI: emulated (the tap) or enhanced (a VF leased by the VMM).
+    #[serde(default)]
+    pub eni: enhanced::EniKind,
+    /// The VF pool an enhanced ENI leases from (fixed at launch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vf_pool: Option<std::path::PathBuf>,
     /// In boot order: the root volume first.
     pub volumes: Vec<AttachedVolume>,
     #[serde(default)]

@@ -82,6 +82,25 @@ pub fn allocate_ip(in_use: &[Ipv4Addr]) -> Result<Ipv4Addr, Ec2Error> {
         })
 }
 
+/// A `PrivateIpAddress` the request named: in the subnet, not reserved, not in use.
+pub fn check_requested_ip(ip: Ipv4Addr, in_use: &[Ipv4Addr]) -> Result<Ipv4Addr, Ec2Error> {
+    let base = u32::from(GATEWAY) & !((1u32 << (32 - PREFIX)) - 1);
+    let host = u32::from(ip).wrapping_sub(base);
+    if !(FIRST_HOST..=SUBNET_HOSTS).contains(&host) {
+        return Err(Ec2Error::invalid_value(format!(
+            "Address {ip} does not fall within the subnet's address range ({SUBNET_CIDR}, \
+             from .{FIRST_HOST})"
+        )));
+    }
+    if in_use.contains(&ip) {
+        return Err(Ec2Error::new(
+            crate::error::ErrorCode::InvalidIpAddressInUse,
+            format!("Address {ip} is in use."),
+        ));
+    }
+    Ok(ip)
+}
+
 /// A locally administered MAC derived from the address (stable across stop/start).
 pub fn mac_for(ip: Ipv4Addr) -> String {
     let o = ip.octets();
@@ -104,6 +123,11 @@ mod tests {
             .map(|h| Ipv4Addr::from(u32::from(Ipv4Addr::new(172, 31, 16, 0)) + h))
             .collect();
         assert!(allocate_ip(&all).is_err(), "a full subnet is an error");
+        let asked = Ipv4Addr::new(172, 31, 16, 20);
+        assert_eq!(check_requested_ip(asked, &used).unwrap(), asked);
+        assert!(check_requested_ip(used[0], &used).is_err(), "in use");
+        assert!(check_requested_ip(Ipv4Addr::new(172, 31, 16, 1), &[]).is_err());
+        assert!(check_requested_ip(Ipv4Addr::new(10, 0, 0, 10), &[]).is_err());
         assert_eq!(mac_for(Ipv4Addr::new(172, 31, 16, 10)), "02:00:ac:1f:10:0a");
         assert_eq!(tap_name("i-0123456789abcdef0"), "ni-56789abcdef0");
         assert!(tap_name("i-0123456789abcdef0").len() <= 15);

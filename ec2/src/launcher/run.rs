@@ -2,10 +2,13 @@
 //! an address on the bridge, the metadata record, and a supervisor per instance.
 
 use std::net::Ipv4Addr;
+use std::path::Path;
 
 use serde_json::{json, Value};
 
+use super::enhanced::{self, EnhancedInputs, EniKind, InterfaceChoice};
 use super::{network, supervisor, AttachedVolume, LaunchState, Launcher, ZONE};
+use crate::cpu_credits::{Clock, CreditAccount, CreditMode, SystemClock};
 use crate::error::{Ec2Error, ErrorCode};
 use crate::ids::{new_id, ResourceKind};
 use crate::images::{BlockDeviceMapping, BootSource, Image};
@@ -13,8 +16,8 @@ use crate::instance_types;
 use crate::instances::{
     resolve_launch_mappings, CpuOptions, EbsInstanceBlockDevice, HibernationOptions, Instance,
     InstanceBlockDeviceMapping, InstanceNetworkInterface, InstanceRecord, InstanceStateName,
-    MetadataOptions, MetadataOptionsRequest, NetworkInterfaceAttachment, Placement,
-    PlacementRequest, ShutdownBehavior,
+    MetadataOptions, MetadataOptionsRequest, NetworkInterfaceAttachment, NetworkInterfaceRequest,
+    Placement, PlacementRequest, ShutdownBehavior,
 };
 use crate::user_data::UserData;
 
@@ -37,6 +40,60 @@ pub struct RunRequest {
     pub shutdown_behavior: ShutdownBehavior,
     /// `--hibernation-options Configured=true`.
     pub hibernation: bool,
+    /// `--network-interfaces`: the primary ENI only (DeviceIndex 0): its
+    /// `InterfaceType` (`interface`, or this host's `enhanced`/`emulated`),
+    /// `Description`, `PrivateIpAddress`.
+    pub network_interfaces: Vec<NetworkInterfaceRequest>,
+    /// `--credit-specification CpuCredits=standard|unlimited` (T types; default
+    /// unlimited, as EC2 launches T3/T3a).
+    pub credit_specification: Option<CreditMode>,
+}
+
+/// What the launch asks of the primary ENI.
+#[derive(Debug, Default, Clone)]
+struct EniRequest {
+    choice: InterfaceChoice,
+    description: String,
+    private_ip: Option<Ipv4Addr>,
+}
+
+fn eni_request(request: &RunRequest) -> Result<EniRequest, Ec2Error> {
+    crate::instances::validate_network_interfaces(&request.network_interfaces)?;
+    let unsupported = |what: &str| {
+        Ec2Error::new(
+            ErrorCode::Unsupported,
+            format!("The requested configuration is currently not supported: {what}"),
+        )
+    };
+    if request.network_interfaces.len() > 1 {
+        return Err(unsupported("more than one network interface"));
+    }
+    let Some(primary) = request.network_interfaces.first() else {
+        return Ok(EniRequest::default());
+    };
+    if primary.network_interface_id.is_some() {
+        return Err(unsupported("attaching an existing network interface"));
+    }
+    let private_ip = match &primary.private_ip_address {
+        Some(text) => {
+            if request.count > 1 {
+                return Err(Ec2Error::combination(
+                    "A private IP address cannot be given when launching more than one instance",
+                ));
+            }
+            // Validated above as an IPv4 address.
+            Some(
+                text.parse()
+                    .map_err(|_| Ec2Error::invalid_value(text.clone()))?,
+            )
+        }
+        None => None,
+    };
+    Ok(EniRequest {
+        choice: InterfaceChoice::parse(primary.interface_type.as_deref())?,
+        description: primary.description.clone().unwrap_or_default(),
+        private_ip,
+    })
 }
 
 impl Launcher {
@@ -119,6 +176,36 @@ impl Launcher {
             }
         };
         let kernel = self.kernels().kernel_meta(&kernel_id)?;
+        if request.credit_specification.is_some() && itype.burstable.is_none() {
+            return Err(Ec2Error::combination(format!(
+                "The parameter CreditSpecification is not supported for the {type_name} \
+                 instance type"
+            )));
+        }
+        let eni = eni_request(request)?;
+        let vf_pool = enhanced::configured_pool(&self.paths);
+        if eni.choice == InterfaceChoice::Enhanced {
+            // All or nothing: enough VFs for the whole request before anything exists.
+            let _lock = self.paths.lock()?;
+            let free = match &vf_pool {
+                Some(dir) => enhanced::free_vfs(dir, &self.instances().list()?),
+                None => Ok(0),
+            };
+            let kind = enhanced::decide(
+                eni.choice,
+                &EnhancedInputs {
+                    image_id: &image.image_id,
+                    image_ena: image.ena_support,
+                    image_sriov: image.sriov_net_support.as_deref(),
+                    instance_type: type_name,
+                    type_supports: itype.supports_enhanced_networking(),
+                    hibernation: request.hibernation,
+                    pool: vf_pool.as_deref(),
+                    free_vfs: free.map(|n| usize::from(n >= request.count as usize)),
+                },
+            )?;
+            debug_assert_eq!(kind, EniKind::Enhanced);
+        }
         let reservation_id = new_id(ResourceKind::Reservation);
         let mut launched = Vec::new();
         for index in 0..request.count {
@@ -137,6 +224,16 @@ impl Launcher {
                     kernel_id: &kernel_id,
                     ramdisk_id: ramdisk_id.as_deref(),
                     kernel_parameters: &kernel.kernel_parameters,
+                    eni: &eni,
+                    vf_pool: vf_pool.as_deref(),
+                    type_supports_enhanced: itype.supports_enhanced_networking(),
+                    credits: CreditAccount::new(
+                        itype,
+                        request
+                            .credit_specification
+                            .unwrap_or(CreditMode::Unlimited),
+                        SystemClock.now(),
+                    ),
                 },
             )?;
             supervisor::spawn(&self.paths, &record.instance.instance_id)?;
@@ -166,8 +263,29 @@ impl Launcher {
             .filter(|r| r.state() != InstanceStateName::Terminated)
             .filter_map(|r| r.instance.private_ip_address.as_deref()?.parse().ok())
             .collect();
-        let ip = network::allocate_ip(&in_use)?;
+        let ip = match plan.eni.private_ip {
+            Some(ip) => network::check_requested_ip(ip, &in_use)?,
+            None => network::allocate_ip(&in_use)?,
+        };
         let mac = network::mac_for(ip);
+        // Decided under the lock, before any volume exists: a refusal leaves nothing.
+        let free_vfs = match plan.vf_pool {
+            Some(dir) => enhanced::free_vfs(dir, &self.instances().list()?),
+            None => Ok(0),
+        };
+        let eni = enhanced::decide(
+            plan.eni.choice,
+            &EnhancedInputs {
+                image_id: &image.image_id,
+                image_ena: image.ena_support,
+                image_sriov: image.sriov_net_support.as_deref(),
+                instance_type: plan.type_name,
+                type_supports: plan.type_supports_enhanced,
+                hibernation: request.hibernation,
+                pool: plan.vf_pool,
+                free_vfs,
+            },
+        )?;
         let now = super::iso_now();
         let volumes = self.create_volumes(&instance_id, image, mappings)?;
         let octets = ip.octets();
@@ -208,7 +326,7 @@ impl Launcher {
                 network_interface_id: new_id(ResourceKind::NetworkInterface),
                 mac_address: mac.clone(),
                 private_ip_address: Some(ip.to_string()),
-                description: String::new(),
+                description: plan.eni.description.clone(),
                 status: "in-use".into(),
                 interface_type: "interface".into(),
                 source_dest_check: true,
@@ -222,7 +340,9 @@ impl Launcher {
                 },
             }],
             metadata_options: plan.metadata.clone(),
-            ena_support: image.ena_support,
+            // Whether the instance has enhanced networking (ENA) enabled, as EC2's
+            // attribute says; an emulated ENI is the instance without it.
+            ena_support: eni == EniKind::Enhanced,
             sriov_net_support: image.sriov_net_support.clone(),
             hibernation_options: HibernationOptions {
                 configured: request.hibernation,
@@ -245,8 +365,8 @@ impl Launcher {
             owner_id: self.account.clone(),
             user_data: request.user_data.as_ref().map(UserData::to_base64),
             shutdown_behavior: request.shutdown_behavior,
-            credit_specification: None,
-            cpu_credits: None,
+            credit_specification: plan.credits.as_ref().map(CreditAccount::mode),
+            cpu_credits: plan.credits.clone(),
             launcher: Value::Null,
         };
         LaunchState {
@@ -258,6 +378,10 @@ impl Launcher {
             ip: ip.to_string(),
             mac,
             tap: network::tap_name(&instance_id),
+            eni,
+            vf_pool: (eni == EniKind::Enhanced)
+                .then(|| plan.vf_pool.map(Path::to_path_buf))
+                .flatten(),
             volumes,
             ..Default::default()
         }
@@ -344,4 +468,8 @@ struct LaunchPlan<'a> {
     kernel_id: &'a str,
     ramdisk_id: Option<&'a str>,
     kernel_parameters: &'a str,
+    eni: &'a EniRequest,
+    vf_pool: Option<&'a Path>,
+    type_supports_enhanced: bool,
+    credits: Option<CreditAccount>,
 }

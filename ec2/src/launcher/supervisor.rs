@@ -21,9 +21,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+use super::enhanced::{self, EniKind, ImdsService};
 use super::paths::{io_error, StatePaths};
 use super::services::{detach, sibling, BlockService};
-use super::{network, LaunchState, Launcher};
+use super::{network, qos, vf_dhcp, LaunchState, Launcher};
+use crate::cpu_credits::SystemClock;
 use crate::error::Ec2Error;
 use crate::instances::{InstanceRecord, InstanceStateName, InstanceStore};
 
@@ -110,6 +112,15 @@ pub fn supervise(paths: &StatePaths, instance_id: &str) -> Result<(), Ec2Error> 
             Ok(())
         })?;
     }
+    let launch = LaunchState::of(&store.get(instance_id)?)?;
+    if launch.eni == EniKind::Enhanced {
+        start_vf_dhcp(&store.get(instance_id)?, &launch)?;
+    }
+    if store.get(instance_id)?.cpu_credits.is_some() {
+        let credits_store = InstanceStore::open(paths.instances())?;
+        let (paths, id) = (paths.clone(), instance_id.to_string());
+        std::thread::spawn(move || qos::run_credits(paths, credits_store, id));
+    }
     let mut crashes: Vec<Instant> = Vec::new();
     loop {
         let record = store.get(instance_id)?;
@@ -175,11 +186,19 @@ fn run_vmm(
     let state = LaunchState::of(record)?;
     let run = paths.run_dir(id);
     let kernel = kernels.kernel_file(&state.kernel_id)?;
+    let itype = crate::instance_types::lookup(&record.instance.instance_type)?;
     let ramdisk = match &state.ramdisk_id {
         Some(id) => Some(kernels.ramdisk_file(id)?),
         None => None,
     };
-    network::create_tap(&state.tap)?;
+    let enhanced = state.eni == EniKind::Enhanced;
+    if enhanced {
+        let _lock = paths.lock()?;
+        ImdsService::write_config(paths, &store.list()?)?;
+        ImdsService::ensure(paths)?;
+    } else {
+        network::create_tap(&state.tap)?;
+    }
     let imds = run.join("imds.json");
     let imds_record = serde_json::to_vec_pretty(&metadata_record(record, &state))
         .map_err(|e| Ec2Error::internal(e.to_string()))?;
@@ -228,14 +247,15 @@ fn run_vmm(
             .arg(&kernel)
             .arg("--cmdline")
             .arg(&state.kernel_parameters)
-            .arg("--imds")
-            .arg(&imds)
             .arg("--smbios-uuid")
             .arg(smbios_uuid(id))
             .arg("--smbios-serial")
             .arg(id);
         if let Some(ramdisk) = &ramdisk {
             command.arg("--initrd").arg(ramdisk);
+        }
+        if !enhanced {
+            command.arg("--imds").arg(&imds);
         }
     }
     command
@@ -244,23 +264,37 @@ fn run_vmm(
         .arg("--mem-mib")
         .arg(state.mem_mib.to_string())
         .arg("--api-sock")
-        .arg(&api_sock)
-        .arg("--net")
-        .arg(format!(
-            "tap={},mac={},ip={}/{},gw={}",
-            state.tap,
-            state.mac,
-            state.ip,
-            network::PREFIX,
-            network::GATEWAY
-        ));
+        .arg(&api_sock);
+    match (&state.vf_pool, enhanced) {
+        (Some(pool), true) => {
+            // The VMM holds the lease for its lifetime (see enhanced.rs).
+            command.arg("--vf").arg(format!(
+                "pool={},mac={},instance={id}",
+                pool.display(),
+                state.mac
+            ));
+            raise_memlock(&mut command);
+        }
+        _ => {
+            let bw = qos::network_limit(itype);
+            command.arg("--net").arg(format!(
+                "tap={},mac={},ip={}/{},gw={},rx_bw={bw},tx_bw={bw}",
+                state.tap,
+                state.mac,
+                state.ip,
+                network::PREFIX,
+                network::GATEWAY
+            ));
+        }
+    }
+    let (drive_bw, drive_iops) = qos::drive_limits(itype, state.volumes.len());
     for (i, volume) in state.volumes.iter().enumerate() {
         let (vol, token) = volume
             .export
             .split_once('/')
             .ok_or_else(|| Ec2Error::internal(format!("bad export {}", volume.export)))?;
         command.arg("--drive").arg(format!(
-            "id=disk{i},vol={vol},endpoint={},token={token}",
+            "id=disk{i},vol={vol},endpoint={},token={token},bw={drive_bw},iops={drive_iops}",
             ebs.nbd_endpoint()
         ));
     }
@@ -277,6 +311,11 @@ fn run_vmm(
             let mut state = LaunchState::of(record)?;
             state.vmm_pid = Some(child.id());
             state.store(record);
+            qos::join_cgroup(
+                record,
+                child.id(),
+                crate::cpu_credits::Clock::now(&SystemClock),
+            );
             Ok(())
         })?;
     }
@@ -305,6 +344,9 @@ fn run_vmm(
                 // Resumed: the snapshot lives on in the mapped memory file.
                 super::hibernate::discard(ebs, &volume);
             }
+            if let (true, Some(pool)) = (enhanced, &state.vf_pool) {
+                route_to_vf(pool, id, &state.ip);
+            }
             break;
         }
         if Instant::now() > deadline {
@@ -330,6 +372,11 @@ pub fn finish(
     let mut record = store.get(instance_id)?;
     let mut state = LaunchState::of(&record)?;
     network::delete_tap(&state.tap);
+    if let (EniKind::Enhanced, Some(pool)) = (state.eni, &state.vf_pool) {
+        // A VMM that crashed or was killed never gave its VF back.
+        enhanced::reconcile_pool(pool);
+        enhanced::delete_route(&state.ip);
+    }
     if record.state() == InstanceStateName::ShuttingDown {
         for volume in &state.volumes {
             if let Err(e) = ebs.detach(&volume.volume_id) {
@@ -349,6 +396,11 @@ pub fn finish(
         let run = paths.run_dir(instance_id);
         let _ = std::fs::remove_file(run.join("console.in"));
     }
+    if let Some(account) = record.cpu_credits.as_mut() {
+        // Surplus is charged at a stop; the balance waits (T3: seven days).
+        account.stop(crate::cpu_credits::Clock::now(&SystemClock));
+    }
+    qos::remove_cgroup(instance_id);
     if state.restored_from_hibernation {
         // The VMM that mapped the restored memory is gone.
         let run = paths.run_dir(instance_id);
@@ -360,11 +412,83 @@ pub fn finish(
     state.supervisor_pid = None;
     state.store(&mut record);
     record.complete();
-    store.put(&record)
+    store.put(&record)?;
+    if state.eni == EniKind::Enhanced {
+        // imdsd stops serving the instance (it reloads the file on change).
+        ImdsService::write_config(paths, &store.list()?)?;
+    }
+    Ok(())
+}
+
+/// The host side of a VF's link: DHCP for the instance's MAC, on a thread for as long
+/// as the supervisor lives (across VMM restarts).
+fn start_vf_dhcp(record: &InstanceRecord, state: &LaunchState) -> Result<(), Ec2Error> {
+    let mac = vf_dhcp::parse_mac(&state.mac)
+        .ok_or_else(|| Ec2Error::internal(format!("bad MAC {}", state.mac)))?;
+    let ip = state
+        .ip
+        .parse()
+        .map_err(|_| Ec2Error::internal(format!("bad address {}", state.ip)))?;
+    let offer = vf_dhcp::Offer {
+        mac,
+        ip,
+        prefix: network::PREFIX,
+        gateway: network::GATEWAY,
+        mtu: 1500,
+        hostname: record
+            .instance
+            .private_dns_name
+            .split('.')
+            .next()
+            .unwrap_or_default()
+            .to_string(),
+    };
+    let responder = vf_dhcp::Responder::open()?;
+    std::thread::spawn(move || responder.serve(&offer));
+    Ok(())
+}
+
+/// Route the instance's address over the PF of the VF its VMM leased (the lease is
+/// taken while the VMM builds the VM, so it may take a moment to appear).
+fn route_to_vf(pool: &Path, instance_id: &str, ip: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(pf) = enhanced::leased_pf(pool, instance_id) {
+            match enhanced::add_route(ip, &pf) {
+                Ok(()) => log::info!("{instance_id}: {ip} routed via {pf}"),
+                Err(e) => log::warn!("{instance_id}: {e}"),
+            }
+            return;
+        }
+        if Instant::now() > deadline {
+            log::warn!("{instance_id}: no VF lease found in {}", pool.display());
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The VMM pins all guest memory for the VF's DMA, so its locked-memory limit must
+/// cover it (root may raise the hard limit).
+fn raise_memlock(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setrlimit is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        command.pre_exec(|| {
+            let unlimited = libc::rlimit {
+                rlim_cur: libc::RLIM_INFINITY,
+                rlim_max: libc::RLIM_INFINITY,
+            };
+            if libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }
 
 /// The metadata service's record for the instance (imds crate's format).
-fn metadata_record(record: &InstanceRecord, state: &LaunchState) -> serde_json::Value {
+pub(super) fn metadata_record(record: &InstanceRecord, state: &LaunchState) -> serde_json::Value {
     let i = &record.instance;
     let eni = i.network_interfaces.first();
     json!({

@@ -1,0 +1,118 @@
+//! Enhanced networking through the front door, in the test host (QEMU's igb with
+//! SR-IOV, nested KVM): with a VF pool configured (`NITRO_VF_POOL`), `run-instances
+//! --network-interfaces DeviceIndex=0,InterfaceType=enhanced` boots the default AMI
+//! with a VF; the guest's igbvf binds, DHCP comes from the supervisor and the metadata
+//! service from the imdsd the launcher started on the PF (the user data only runs once
+//! ec2-init has read the instance id from it, and prints it again). DescribeInstances
+//! shows EnaSupport. A request for more VFs than are free fails with
+//! InsufficientInstanceCapacity and launches nothing; after terminate the VF is back
+//! in the pool on its own driver.
+
+use std::path::Path;
+use std::time::Duration;
+
+use integration_tests::{field, repo_root, sh_quote, testhost_run, workspace_bin};
+
+fn ami_file(name: &str) -> String {
+    let path = repo_root().join(".cache/ami").join(name);
+    assert!(
+        path.is_file(),
+        "{} missing: run scripts/default-ami.sh",
+        path.display()
+    );
+    path.to_string_lossy().into_owned()
+}
+
+const SCRIPT: &str = r#"
+set -u
+E="$EC2"
+export NITRO_STATE_DIR=/tmp/nitro NITRO_VF_POOL=/run/vf-pool
+json() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
+console() { "$E" get-console-output --instance-id "$1" | json 'd["Output"]'; }
+waitcon() {
+    local i
+    for i in $(seq $((${3:-240} * 2))); do
+        console "$1" | grep -q -- "$2" && return 0
+        sleep 0.5
+    done
+    echo "TIMEOUT waiting for '$2' on $1"; console "$1" | tail -40
+    tail -20 "$NITRO_STATE_DIR/run/$1/supervisor.log" "$NITRO_STATE_DIR/run/$1/vmm.log"; return 1
+}
+err() { "$E" "$@" 2>&1 >/dev/null | head -1 | json 'd["Error"]["Code"]' 2>/dev/null; }
+
+ip link set eth0 up; sleep 1
+"$CTL" enable eth0 2 >/dev/null || exit 1
+AMI=$("$E" import-image --disk-containers "Format=raw,Url=file://$ROOTIMG" --kernel-file "$KERNEL" \
+      --ramdisk-file "$RAMDISK" --kernel-parameters "$CMDLINE" --name nitro-default 2>/dev/null | json 'd["ImageId"]')
+cat > /tmp/ud.sh <<'EOF2'
+#!/bin/sh
+T=$(curl -s -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 60' http://169.254.169.254/latest/api/token)
+echo "VF-GUEST driver=$(basename $(readlink /sys/class/net/eth0/device/driver)) iid=$(curl -s -H "X-aws-ec2-metadata-token: $T" http://169.254.169.254/latest/meta-data/instance-id)"
+EOF2
+ID=$("$E" run-instances --image-id "$AMI" --instance-type t3.nano --user-data file:///tmp/ud.sh \
+     --network-interfaces DeviceIndex=0,InterfaceType=enhanced --no-attach | json 'd["Instances"][0]["InstanceId"]')
+echo "ID $ID"
+[ -n "$ID" ] || exit 1
+waitcon "$ID" "^VF-GUEST" || exit 1
+console "$ID" | grep "^VF-GUEST" | sed "s/$ID/SELF/"
+echo "DESCRIBE $("$E" describe-instances --instance-ids "$ID" | json 'str(d["Reservations"][0]["Instances"][0]["EnaSupport"])')"
+echo "LEASED $("$CTL" pool --state-dir /run/vf-pool status | grep -c "$ID")"
+echo "FULL $(err run-instances --image-id "$AMI" --instance-type t3.nano --count 2 --no-attach \
+     --network-interfaces DeviceIndex=0,InterfaceType=enhanced)"
+"$E" terminate-instances --instance-ids "$ID" --wait >/dev/null
+echo "AFTER leases=$("$CTL" pool --state-dir /run/vf-pool status | grep -c "i-") instances=$("$E" describe-instances | json 'len([i for r in d["Reservations"] for i in r["Instances"]])') drivers=$(for v in /sys/class/net/eth0/device/virtfn*; do basename $(readlink $v/driver); done | sort | uniq -c | tr -s ' ' | xargs)"
+echo "SCENARIO-DONE"
+"#;
+
+#[test]
+fn enhanced_networking_through_the_front_door() {
+    let ec2 = workspace_bin("ec2", "ec2");
+    workspace_bin("vmm", "vmm");
+    workspace_bin("ebs-blockdev", "ebsd");
+    workspace_bin("imds", "imdsd");
+    let ctl = workspace_bin("sriov", "sriovctl");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(ami_file("manifest.json")).expect("manifest"))
+            .expect("manifest JSON");
+    let env = [
+        ("EC2", ec2.to_string_lossy().into_owned()),
+        ("CTL", ctl.to_string_lossy().into_owned()),
+        ("ROOTIMG", ami_file("root.img")),
+        ("KERNEL", ami_file("kernel")),
+        ("RAMDISK", ami_file("ramdisk.cpio.gz")),
+        (
+            "CMDLINE",
+            manifest["cmdline"].as_str().expect("cmdline").into(),
+        ),
+    ];
+    let mut script = String::new();
+    for (k, v) in env {
+        script.push_str(&format!("{k}={}\n", sh_quote(&v)));
+    }
+    script.push_str(SCRIPT);
+    let file = Path::new(env!("CARGO_TARGET_TMPDIR")).join("enhanced-e2e.sh");
+    std::fs::write(&file, script).expect("script");
+    let out = testhost_run(
+        &format!("bash {}", sh_quote(&file.to_string_lossy())),
+        Duration::from_secs(900),
+    );
+    let all = format!("{}\n--- stderr ---\n{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("SCENARIO-DONE"), "{all}");
+    assert_eq!(
+        field(&out.stdout, "VF-GUEST"),
+        Some("driver=igbvf iid=SELF"),
+        "the guest drives the VF and reads its own id from imdsd:\n{all}"
+    );
+    assert_eq!(field(&out.stdout, "DESCRIBE"), Some("True"), "{all}");
+    assert_eq!(field(&out.stdout, "LEASED"), Some("1"), "{all}");
+    assert_eq!(
+        field(&out.stdout, "FULL"),
+        Some("InsufficientInstanceCapacity"),
+        "{all}"
+    );
+    assert_eq!(
+        field(&out.stdout, "AFTER"),
+        Some("leases=0 instances=1 drivers=2 igbvf"),
+        "the VF went back to the pool; the refused request launched nothing:\n{all}"
+    );
+}
