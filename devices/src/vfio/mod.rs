@@ -13,7 +13,7 @@
 //!   without passing through the VMM.
 //! - Extended capabilities (SR-IOV, ARI, resizable BAR...) are hidden, and
 //!   so is plain MSI (not wired: a guest without MSI-X must use INTx).
-//! - INTx ([`intx`]): the Interrupt Pin as INTA when VFIO offers INTx, the
+//! - INTx (`intx.rs`): the Interrupt Pin as INTA when VFIO offers INTx, the
 //!   Interrupt Line as guest scratch; VFIO's trigger and unmask eventfds
 //!   are a resampling KVM irqfd on the slot's GSI, on while MSI-X is off.
 //!
