@@ -42,6 +42,7 @@ macro_rules! error_codes {
 error_codes! {
     AuthFailure => "AuthFailure", 401;
     UnauthorizedOperation => "UnauthorizedOperation", 403;
+    DryRunOperation => "DryRunOperation", 412;
     IdempotentParameterMismatch => "IdempotentParameterMismatch", 400;
     IncorrectInstanceState => "IncorrectInstanceState", 400;
     IncorrectState => "IncorrectState", 400;
@@ -74,8 +75,12 @@ error_codes! {
     InvalidVolumeNotFound => "InvalidVolume.NotFound", 400;
     InvalidVolumeZoneMismatch => "InvalidVolume.ZoneMismatch", 400;
     InvalidZoneNotFound => "InvalidZone.NotFound", 400;
+    InvalidAction => "InvalidAction", 400;
+    MalformedQueryString => "MalformedQueryString", 400;
+    MissingAction => "MissingAction", 400;
     MissingParameter => "MissingParameter", 400;
     Unsupported => "Unsupported", 400;
+    UnknownParameter => "UnknownParameter", 400;
     UnsupportedHibernationConfiguration => "UnsupportedHibernationConfiguration", 400;
     UnsupportedOperation => "UnsupportedOperation", 400;
     VolumeTypeNotAvailableInZone => "VolumeTypeNotAvailableInZone", 400;

@@ -6,6 +6,7 @@
 //! and state directory, and the `aws ec2` shorthand parsers. It spawns no processes: the
 //! launcher (ebsd/vmm orchestration) lives beside these modules, added by the front door.
 
+pub mod api;
 pub mod cgroup;
 pub mod cpu_credits;
 pub mod error;

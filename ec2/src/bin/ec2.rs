@@ -217,6 +217,16 @@ enum Verb {
         #[arg(long, num_args = 1..)]
         instance_types: Vec<String>,
     },
+    /// Serve the HTTP API (EC2's query protocol: `aws ec2 --endpoint-url
+    /// http://ADDR ...`). Prints `listening on http://ADDR` once ready.
+    Serve {
+        /// Address to listen on; port 0 picks a free one. Requests are not
+        /// authenticated: keep it on loopback.
+        #[arg(long, default_value = "127.0.0.1:8773")]
+        listen: String,
+        #[arg(long, default_value_t = 4)]
+        workers: usize,
+    },
     #[command(name = "__supervise", hide = true)]
     Supervise {
         instance_id: String,
@@ -296,9 +306,12 @@ fn run(cli: Cli) -> anyhow::Result<Option<Value>> {
         supervisor::supervise(&paths, instance_id)?;
         return Ok(None);
     }
+    if let Verb::Serve { listen, workers } = &cli.verb {
+        return serve(&cli.state_dir, &cli.account_id, listen, *workers);
+    }
     let launcher = Launcher::open(paths, &cli.account_id)?;
     let value = match cli.verb {
-        Verb::Supervise { .. } => return Ok(None),
+        Verb::Supervise { .. } | Verb::Serve { .. } => return Ok(None),
         Verb::RunInstances {
             image_id,
             instance_type,
@@ -596,6 +609,33 @@ fn run(cli: Cli) -> anyhow::Result<Option<Value>> {
         }
     };
     Ok(Some(value))
+}
+
+fn serve(
+    state_dir: &std::path::Path,
+    account: &str,
+    listen: &str,
+    workers: usize,
+) -> anyhow::Result<Option<Value>> {
+    // Open once up front so a bad state directory fails here, not per request.
+    Launcher::open(StatePaths::new(state_dir), account)?;
+    let server = tiny_http::Server::http(listen)
+        .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+    let addr = server
+        .server_addr()
+        .to_ip()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|| listen.to_string());
+    println!("listening on http://{addr}");
+    std::io::stdout().flush()?;
+    let config = ec2::api::ApiConfig {
+        state_dir: state_dir.to_path_buf(),
+        account: account.to_string(),
+    };
+    for worker in ec2::api::serve(config, server, workers) {
+        let _ = worker.join();
+    }
+    Ok(None)
 }
 
 fn state_verb(launcher: &Launcher, a: StateArgs, action: Action) -> anyhow::Result<Value> {
