@@ -262,6 +262,10 @@ fn the_aws_cli_drives_the_front_door() {
         "DeviceName=/dev/vdb,Ebs={VolumeSize=1,DeleteOnTermination=false}",
         "--metadata-options",
         "HttpTokens=required",
+        "--credit-specification",
+        "CpuCredits=standard",
+        "--network-interfaces",
+        "DeviceIndex=0,InterfaceType=emulated,Description=primary",
     ]);
     let instance = &launched["Instances"][0];
     let id = instance["InstanceId"]
@@ -293,6 +297,29 @@ fn the_aws_cli_drives_the_front_door() {
         assert_eq!(sent, b"#!/bin/sh\necho from the API");
     }
     api.aws(&["wait", "instance-running", "--instance-ids", &id]);
+    let credits = api.aws(&[
+        "describe-instance-credit-specifications",
+        "--instance-ids",
+        &id,
+    ]);
+    assert_eq!(
+        credits["InstanceCreditSpecifications"][0]["CpuCredits"],
+        "standard"
+    );
+    api.aws(&[
+        "modify-instance-credit-specification",
+        "--instance-credit-specification",
+        &format!("InstanceId={id},CpuCredits=unlimited"),
+    ]);
+    let credits = api.aws(&[
+        "describe-instance-credit-specifications",
+        "--instance-ids",
+        &id,
+    ]);
+    assert_eq!(
+        credits["InstanceCreditSpecifications"][0]["CpuCredits"],
+        "unlimited"
+    );
 
     // The API and the CLI describe the same instance identically: no field is
     // lost or renamed on the way through the XML.
