@@ -76,6 +76,16 @@ sleep 2
 send "$ID2" 'M=SECOND; echo "$M file=$(cat /root/hello.txt) disks=$(ls /sys/block | grep -c vd)"'
 waitcon "$ID2" "^SECOND file=" 30 || exit 1
 console "$ID2" | grep "^SECOND" | tail -1
+# The instance check is ARP reachability: ok while the guest's network is up,
+# impaired when it goes down, ok again when it comes back.
+istatus() { "$E" describe-instance-status --instance-ids "$1" | json 'd["InstanceStatuses"][0]["InstanceStatus"]["Status"] + " " + d["InstanceStatuses"][0]["SystemStatus"]["Status"]'; }
+echo "REACH-UP $(istatus "$ID2")"
+send "$ID2" 'ip link set eth0 down'
+sleep 2
+echo "REACH-DOWN $(istatus "$ID2")"
+send "$ID2" 'ip link set eth0 up'
+for i in $(seq 20); do [ "$(istatus "$ID2")" = "ok ok" ] && break; sleep 1; done
+echo "REACH-AGAIN $(istatus "$ID2")"
 
 # Crash: kill -9 the VMM; the system check fails, then recovery boots the guest again.
 VMMPID=$(python3 -c "import json; print(json.load(open('$NITRO_STATE_DIR/instances/$ID2.json'))['Launcher']['VmmPid'])")
@@ -155,6 +165,13 @@ fn instances_from_amis_end_to_end() {
         Some("file=hello-from-user-data disks=2"),
         "the new image carries the file; the data volume is attached:\n{all}"
     );
+    assert_eq!(field(&out.stdout, "REACH-UP"), Some("ok ok"), "{all}");
+    assert_eq!(
+        field(&out.stdout, "REACH-DOWN"),
+        Some("impaired ok"),
+        "{all}"
+    );
+    assert_eq!(field(&out.stdout, "REACH-AGAIN"), Some("ok ok"), "{all}");
     assert_eq!(field(&out.stdout, "AFTER-KILL"), Some("impaired"), "{all}");
     assert_eq!(field(&out.stdout, "RECOVERED"), Some("1 ok"), "{all}");
     assert_eq!(

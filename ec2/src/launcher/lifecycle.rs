@@ -206,8 +206,11 @@ impl Launcher {
     }
 
     /// DescribeInstanceStatus: the system check is the instance's VMM and supervisor
-    /// being alive and the block service answering; the instance check is the guest
-    /// having reached its init agent (its boot marker on the console).
+    /// being alive and the block service answering; the instance check is EC2's: the
+    /// guest answering ARP for its private address (reachability.rs). Until the guest
+    /// of the current VMM has answered once, a silent guest is `initializing` (for
+    /// [`BOOT_GRACE`] after the VMM started); after that, or once it has answered,
+    /// silence is `impaired`.
     pub fn instance_status(&self, ids: &[String]) -> Result<Value, Ec2Error> {
         let records = if ids.is_empty() {
             self.instances().list()?
@@ -224,9 +227,28 @@ impl Launcher {
             let state = LaunchState::of(record)?;
             let system_ok =
                 ebs_ok && Self::alive(state.vmm_pid) && Self::alive(state.supervisor_pid);
-            let console =
-                std::fs::read(self.paths.run_dir(id).join("console.log")).unwrap_or_default();
-            let booted = String::from_utf8_lossy(&console).contains("ec2-init:");
+            let reachable = system_ok
+                && match state.ip.parse() {
+                    Ok(ip) => super::reachability::reachable(ip).unwrap_or_else(|e| {
+                        log::warn!("{id}: reachability probe: {}", e.message);
+                        false
+                    }),
+                    Err(_) => false,
+                };
+            // Which VMM's guest answered last (the run directory outlives VMMs).
+            let marker = self.paths.run_dir(id).join("reachable-vmm");
+            let vmm = state.vmm_pid.map(|p| p.to_string()).unwrap_or_default();
+            let answered_before = std::fs::read_to_string(&marker).is_ok_and(|p| p == vmm);
+            if reachable && !answered_before {
+                if let Err(e) = std::fs::write(&marker, &vmm) {
+                    log::warn!("{}: {e}", marker.display());
+                }
+            }
+            let booting = !answered_before
+                && state
+                    .vmm_pid
+                    .and_then(process_age)
+                    .is_some_and(|age| age < BOOT_GRACE);
             let check = |ok: bool, pending: bool| {
                 let status = if ok {
                     "ok"
@@ -242,10 +264,54 @@ impl Launcher {
                 "AvailabilityZone": record.instance.placement.availability_zone,
                 "InstanceState": record.instance.state,
                 "SystemStatus": check(system_ok, false),
-                "InstanceStatus": check(system_ok && booted, system_ok),
+                "InstanceStatus": check(reachable, system_ok && booting),
                 "Recoveries": state.recoveries,
             }));
         }
         Ok(json!({"InstanceStatuses": statuses}))
+    }
+}
+
+/// How long a fresh VMM's guest may take to answer before the instance check fails
+/// (nested KVM under TCG boots in about a minute; hardware in seconds).
+pub const BOOT_GRACE: Duration = Duration::from_secs(300);
+
+/// How long process `pid` has been running (from /proc: its start in clock ticks
+/// since boot against the system's uptime).
+fn process_age(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let start_ticks: u64 = rest.split_whitespace().nth(19)?.parse().ok()?;
+    // SAFETY: sysconf has no memory effects.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let hz = u64::try_from(hz).ok().filter(|h| *h > 0)?;
+    let uptime: f64 = std::fs::read_to_string("/proc/uptime")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    let started = Duration::from_millis(start_ticks * 1000 / hz);
+    Some(Duration::from_secs_f64(uptime).saturating_sub(started))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn process_age_counts_from_the_process_start() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let young = process_age(child.id()).expect("age of a running child");
+        let own = process_age(std::process::id()).expect("own age");
+        assert!(young < Duration::from_secs(2), "{young:?}");
+        assert!(own >= young, "{own:?} < {young:?}");
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(process_age(u32::MAX), None);
     }
 }

@@ -16,6 +16,7 @@ pub mod lifecycle;
 pub mod network;
 pub mod paths;
 pub mod qos;
+pub mod reachability;
 pub mod run;
 pub mod services;
 pub mod supervisor;
