@@ -94,7 +94,7 @@ fn enhanced_networking_through_the_front_door() {
     std::fs::write(&file, script).expect("script");
     let out = testhost_run(
         &format!("bash {}", sh_quote(&file.to_string_lossy())),
-        Duration::from_secs(900),
+        Duration::from_secs(1500),
     );
     let all = format!("{}\n--- stderr ---\n{}", out.stdout, out.stderr);
     assert!(out.stdout.contains("SCENARIO-DONE"), "{all}");
