@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
+use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, Reader, Writer};
 use vm_memory::{ByteValued, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
@@ -20,6 +21,7 @@ use crate::rate_limiter::{RateLimiter, RateLimiterConfig};
 use worker::{Completions, DriveContext, IoPool, QueueWorker};
 
 pub mod backend;
+mod direct;
 mod worker;
 pub use backend::{BlockBackend, FileBackend};
 
@@ -259,6 +261,7 @@ fn handle_request<M>(
 where
     M: std::ops::Deref<Target = GuestMemoryMmap> + Clone,
 {
+    let chain_descriptors = chain.clone();
     let (mut reader, mut writer) = match (Reader::new(mem, chain.clone()), Writer::new(mem, chain))
     {
         (Ok(r), Ok(w)) => (r, w),
@@ -271,32 +274,69 @@ where
         log::warn!("virtio-blk: request without a status byte");
         return 0;
     }
+    // File backends move data with preadv/pwritev on the guest's buffers.
+    let descriptors: Vec<Descriptor> = match backend.as_file() {
+        Some(_) => chain_descriptors.collect(),
+        None => Vec::new(),
+    };
+    let direct = backend.as_file().map(|file| Direct {
+        file,
+        mem,
+        descriptors: &descriptors,
+    });
     // The status byte is the last writable byte.
     let status_at = writer.available_bytes() - 1;
     let mut status_writer = match writer.split_at(status_at) {
         Ok(s) => s,
         Err(_) => return 0,
     };
-    let (status, data_written) =
-        match execute(&mut reader, &mut writer, backend, read_only, serial, buffer) {
-            Ok(n) => (S_OK, n),
-            Err(RequestError::Unsupported(t)) => {
-                log::debug!("virtio-blk: unsupported request type {t}");
-                (S_UNSUPP, 0)
-            }
-            Err(RequestError::Invalid(why)) => {
-                log::warn!("virtio-blk: bad request: {why}");
-                (S_IOERR, 0)
-            }
-            Err(RequestError::Io(why)) => {
-                log::warn!("virtio-blk: I/O error: {why}");
-                (S_IOERR, 0)
-            }
-        };
+    let (status, data_written) = match execute(
+        &mut reader,
+        &mut writer,
+        backend,
+        read_only,
+        serial,
+        buffer,
+        direct,
+    ) {
+        Ok(n) => (S_OK, n),
+        Err(RequestError::Unsupported(t)) => {
+            log::debug!("virtio-blk: unsupported request type {t}");
+            (S_UNSUPP, 0)
+        }
+        Err(RequestError::Invalid(why)) => {
+            log::warn!("virtio-blk: bad request: {why}");
+            (S_IOERR, 0)
+        }
+        Err(RequestError::Io(why)) => {
+            log::warn!("virtio-blk: I/O error: {why}");
+            (S_IOERR, 0)
+        }
+    };
     if status_writer.write_all(&[status]).is_err() {
         return data_written as u32;
     }
     (data_written + 1) as u32
+}
+
+/// A file backend's request: its file and the chain's descriptors.
+#[derive(Clone, Copy)]
+struct Direct<'a> {
+    file: &'a std::fs::File,
+    mem: &'a GuestMemoryMmap,
+    descriptors: &'a [Descriptor],
+}
+
+impl<'a> Direct<'a> {
+    fn buffers(
+        &self,
+        writable: bool,
+        skip: usize,
+        len: usize,
+    ) -> Result<direct::DataBuffers<'a>, RequestError> {
+        direct::DataBuffers::new(self.mem, self.descriptors, writable, skip, len)
+            .ok_or_else(|| RequestError::Invalid("data buffers outside guest memory".into()))
+    }
 }
 
 fn check_range(sector: u64, len: u64, capacity: u64) -> Result<u64, RequestError> {
@@ -323,6 +363,7 @@ fn execute<B: vm_memory::bitmap::BitmapSlice>(
     read_only: bool,
     serial: &str,
     buffer: &mut Vec<u8>,
+    direct: Option<Direct<'_>>,
 ) -> Result<usize, RequestError> {
     let header: RequestHeader = reader
         .read_obj()
@@ -336,6 +377,13 @@ fn execute<B: vm_memory::bitmap::BitmapSlice>(
                 return Err(RequestError::Invalid(format!("read of {len} bytes")));
             }
             let offset = check_range(header.sector, len as u64, capacity)?;
+            if let Some(direct) = direct {
+                direct
+                    .buffers(true, 0, len)?
+                    .read_from(direct.file, offset)
+                    .map_err(io)?;
+                return Ok(len);
+            }
             buffer.resize(len, 0);
             backend.read_at(&mut buffer[..len], offset).map_err(io)?;
             writer
@@ -352,6 +400,14 @@ fn execute<B: vm_memory::bitmap::BitmapSlice>(
                 return Err(RequestError::Invalid(format!("write of {len} bytes")));
             }
             let offset = check_range(header.sector, len as u64, capacity)?;
+            if let Some(direct) = direct {
+                let header_len = std::mem::size_of::<RequestHeader>();
+                direct
+                    .buffers(false, header_len, len)?
+                    .write_to(direct.file, offset)
+                    .map_err(io)?;
+                return Ok(0);
+            }
             buffer.resize(len, 0);
             reader
                 .read_exact(&mut buffer[..len])
