@@ -165,6 +165,21 @@ fn insufficient(instance_type: &str, pool: &Path, why: &str) -> Ec2Error {
     )
 }
 
+/// StartInstances of a stopped instance with an enhanced ENI: its VMM will lease a VF
+/// again, so refuse before anything starts when none is free (as EC2 refuses a start
+/// without capacity) rather than let the VMM fail and recovery give up.
+pub fn check_start_capacity(
+    free: Result<usize, String>,
+    instance_type: &str,
+    pool: &Path,
+) -> Result<(), Ec2Error> {
+    match free {
+        Ok(n) if n > 0 => Ok(()),
+        Ok(_) => Err(insufficient(instance_type, pool, "no free VF")),
+        Err(e) => Err(insufficient(instance_type, pool, &e)),
+    }
+}
+
 /// The pool this host's instances lease from: `NITRO_VF_POOL` (empty: none), else the
 /// first line of `STATE/vf-pool`, else none (no enhanced networking).
 pub fn configured_pool(paths: &StatePaths) -> Option<PathBuf> {

@@ -187,3 +187,17 @@ fn imdsd_serves_enhanced_instances_that_run() {
     assert_eq!(instances[0]["instance_id"], "i-00000000000000001");
     assert_eq!(instances[0]["source_addresses"], json!(["172.31.16.10"]));
 }
+
+#[test]
+fn a_stopped_enhanced_instance_starts_only_with_a_free_vf() {
+    let pool = std::path::Path::new("/var/lib/nitro/vf-pool");
+    assert!(check_start_capacity(Ok(1), "m5.large", pool).is_ok());
+    let none = check_start_capacity(Ok(0), "m5.large", pool).unwrap_err();
+    assert_eq!(none.code, ErrorCode::InsufficientInstanceCapacity);
+    assert!(none.message.contains("m5.large"), "{}", none.message);
+    let broken = check_start_capacity(Err("pool unreadable".into()), "m5.large", pool);
+    assert_eq!(
+        broken.unwrap_err().code,
+        ErrorCode::InsufficientInstanceCapacity
+    );
+}

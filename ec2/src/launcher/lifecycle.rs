@@ -63,6 +63,19 @@ impl Launcher {
             let (change, outcome, state) = {
                 let _lock = self.paths.lock()?;
                 let mut record = self.instances().get(id)?;
+                if action == Action::Start && record.state() == InstanceStateName::Stopped {
+                    let state = LaunchState::of(&record)?;
+                    if let (super::enhanced::EniKind::Enhanced, Some(pool)) =
+                        (state.eni, &state.vf_pool)
+                    {
+                        let free = super::enhanced::free_vfs(pool, &self.instances().list()?);
+                        super::enhanced::check_start_capacity(
+                            free,
+                            &record.instance.instance_type,
+                            pool,
+                        )?;
+                    }
+                }
                 let (change, outcome) = record.apply(action, super::unix_now())?;
                 let change = serde_json::to_value(change).unwrap_or_default();
                 self.instances().put(&record)?;
