@@ -114,8 +114,9 @@ enum Verb {
         /// `Format=raw|qcow2,Url=file:///path` (or JSON), as aws ec2 import-image.
         #[arg(long)]
         disk_containers: String,
+        /// Without one, the image boots the newest kernel in its root volume's /boot.
         #[arg(long)]
-        kernel_file: PathBuf,
+        kernel_file: Option<PathBuf>,
         #[arg(long)]
         ramdisk_file: Option<PathBuf>,
         #[arg(long, default_value = "console=ttyS0 root=/dev/vda rw")]

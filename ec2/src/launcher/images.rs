@@ -19,7 +19,8 @@ pub struct ImportRequest {
     pub disk: std::path::PathBuf,
     /// `raw` or `qcow2` (`None`: detected by qemu-img).
     pub format: Option<String>,
-    pub kernel: std::path::PathBuf,
+    /// None: the image boots from its root volume's /boot (boot_volume.rs).
+    pub kernel: Option<std::path::PathBuf>,
     pub ramdisk: Option<std::path::PathBuf>,
     pub kernel_parameters: String,
     pub name: String,
@@ -81,9 +82,14 @@ impl Launcher {
         let _ = self.ebs().detach(&volume);
         let _ = self.ebs().delete_volume(&volume);
         let snapshot = result?;
-        let kernel = self
-            .kernels()
-            .put_kernel(&request.kernel, &request.kernel_parameters)?;
+        let kernel_id = match &request.kernel {
+            Some(file) => Some(
+                self.kernels()
+                    .put_kernel(file, &request.kernel_parameters)?
+                    .kernel_id,
+            ),
+            None => None,
+        };
         let ramdisk = match &request.ramdisk {
             Some(file) => Some(self.kernels().put_ramdisk(file)?),
             None => None,
@@ -104,7 +110,7 @@ impl Launcher {
                 }),
                 ..Default::default()
             }],
-            kernel_id: Some(kernel.kernel_id.clone()),
+            kernel_id: kernel_id.clone(),
             ramdisk_id: ramdisk.clone(),
             ena_support: Some(true),
             imds_support: Some("v2.0".into()),
@@ -118,7 +124,7 @@ impl Launcher {
             "ImageId": image.image_id,
             "Status": "completed",
             "Architecture": "x86_64",
-            "KernelId": kernel.kernel_id,
+            "KernelId": kernel_id,
             "RamdiskId": ramdisk,
             "SnapshotDetails": [{"DiskImageSize": size, "Format": format.to_uppercase(),
                                  "SnapshotId": snapshot, "Status": "completed",
@@ -262,7 +268,9 @@ impl Launcher {
             architecture: Some(source.architecture.clone()),
             root_device_name: Some(source.root_device_name.clone()),
             block_device_mappings: mappings,
-            kernel_id: Some(state.kernel_id.clone()),
+            // An instance that booted from its root volume's /boot makes an image
+            // that does too (the kernel travels inside the root snapshot).
+            kernel_id: (!state.boot_from_volume).then(|| state.kernel_id.clone()),
             ramdisk_id: state.ramdisk_id.clone(),
             ena_support: Some(source.ena_support),
             imds_support: source.imds_support.clone(),

@@ -8,6 +8,7 @@
 //! Verbs return EC2's response JSON. Every read-modify-write of a record holds the
 //! state directory's lock, so the CLI and the supervisors can run side by side.
 
+pub mod boot_volume;
 pub mod enhanced;
 pub mod hibernate;
 pub mod images;
@@ -45,6 +46,10 @@ pub struct LaunchState {
     #[serde(default)]
     pub ramdisk_id: Option<String>,
     pub kernel_parameters: String,
+    /// The image has no kernel: each VMM start boots the newest kernel in the root
+    /// volume's /boot (boot_volume.rs); `kernel_id` is empty then.
+    #[serde(default)]
+    pub boot_from_volume: bool,
     pub vcpus: u32,
     pub mem_mib: u64,
     pub ip: String,

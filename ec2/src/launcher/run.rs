@@ -159,23 +159,22 @@ impl Launcher {
                 itype.memory_mib,
             )?;
         }
-        let (kernel_id, ramdisk_id) = match &image.boot_source {
+        // Kernel images: the kernel object's parameters; root-volume images read
+        // theirs from the volume at each start (boot_volume.rs).
+        let (kernel_id, ramdisk_id, kernel_parameters) = match &image.boot_source {
             BootSource::Kernel {
                 kernel_id,
                 ramdisk_id,
-            } => (kernel_id.clone(), ramdisk_id.clone()),
-            BootSource::RootVolume => {
-                return Err(Ec2Error::new(
-                    ErrorCode::Unsupported,
-                    format!(
-                        "Image {} boots from its root volume's /boot, which this host cannot \
-                         read yet; register it with a KernelId",
-                        image.image_id
-                    ),
-                ))
+            } => {
+                let kernel = self.kernels().kernel_meta(kernel_id)?;
+                (
+                    kernel_id.clone(),
+                    ramdisk_id.clone(),
+                    kernel.kernel_parameters,
+                )
             }
+            BootSource::RootVolume => (String::new(), None, String::new()),
         };
-        let kernel = self.kernels().kernel_meta(&kernel_id)?;
         if request.credit_specification.is_some() && itype.burstable.is_none() {
             return Err(Ec2Error::combination(format!(
                 "The parameter CreditSpecification is not supported for the {type_name} \
@@ -223,7 +222,7 @@ impl Launcher {
                     metadata: &metadata,
                     kernel_id: &kernel_id,
                     ramdisk_id: ramdisk_id.as_deref(),
-                    kernel_parameters: &kernel.kernel_parameters,
+                    kernel_parameters: &kernel_parameters,
                     eni: &eni,
                     vf_pool: vf_pool.as_deref(),
                     type_supports_enhanced: itype.supports_enhanced_networking(),
@@ -373,6 +372,7 @@ impl Launcher {
             kernel_id: plan.kernel_id.to_string(),
             ramdisk_id: plan.ramdisk_id.map(str::to_string),
             kernel_parameters: plan.kernel_parameters.to_string(),
+            boot_from_volume: plan.kernel_id.is_empty(),
             vcpus: plan.vcpus,
             mem_mib: plan.mem_mib,
             ip: ip.to_string(),

@@ -185,11 +185,37 @@ fn run_vmm(
     let id = &record.instance.instance_id;
     let state = LaunchState::of(record)?;
     let run = paths.run_dir(id);
-    let kernel = kernels.kernel_file(&state.kernel_id)?;
     let itype = crate::instance_types::lookup(&record.instance.instance_type)?;
-    let ramdisk = match &state.ramdisk_id {
-        Some(id) => Some(kernels.ramdisk_file(id)?),
-        None => None,
+    let (kernel, ramdisk, cmdline) = if state.boot_from_volume && state.hibernation_volume.is_none()
+    {
+        // The newest kernel in the root volume's /boot, read before every start.
+        let root = state.volumes.first().ok_or_else(|| {
+            Ec2Error::internal(format!("instance {id} has no root volume to boot from"))
+        })?;
+        let uri = format!(
+            "nbd+unix:///{}?socket={}",
+            root.export,
+            ebs.nbd_socket().display()
+        );
+        let files = super::boot_volume::extract(&uri, &run.join("boot"), &root.device_name)?;
+        log::info!(
+            "{id}: booting {} from the root volume's /boot",
+            files.version
+        );
+        (files.kernel, files.initrd, files.cmdline)
+    } else if state.boot_from_volume {
+        // Resuming from hibernation: the kernel is in the saved memory.
+        (std::path::PathBuf::new(), None, String::new())
+    } else {
+        let ramdisk = match &state.ramdisk_id {
+            Some(id) => Some(kernels.ramdisk_file(id)?),
+            None => None,
+        };
+        (
+            kernels.kernel_file(&state.kernel_id)?,
+            ramdisk,
+            state.kernel_parameters.clone(),
+        )
     };
     let enhanced = state.eni == EniKind::Enhanced;
     if enhanced {
@@ -246,7 +272,7 @@ fn run_vmm(
             .arg("--kernel")
             .arg(&kernel)
             .arg("--cmdline")
-            .arg(&state.kernel_parameters)
+            .arg(&cmdline)
             .arg("--smbios-uuid")
             .arg(smbios_uuid(id))
             .arg("--smbios-serial")
