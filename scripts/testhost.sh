@@ -14,7 +14,9 @@
 #   scripts/testhost.sh qemu-path
 #       print the path of a QEMU 10 wrapper (usable on the host and inside the test host)
 #
-# Environment: TESTHOST_QEMU_EXTRA (extra QEMU arguments, word-split), TESTHOST_APPEND
+# Environment: TESTHOST_IGB_NETDEV (the igb's QEMU netdev, default `user`: QEMU's
+# user network with its DHCP server at 10.0.2.2; `hubport,hubid=9` is a wire with nothing
+# on it), TESTHOST_QEMU_EXTRA (extra QEMU arguments, word-split), TESTHOST_APPEND
 # (extra kernel arguments), TESTHOST_ENV (names of variables to pass to COMMAND),
 # TESTHOST_EXTRA_MODULES, TESTHOST_VERBOSE=1, TESTHOST_KEEP=1, NITRO_CACHE.
 set -euo pipefail
@@ -175,7 +177,7 @@ cmd_run() { # MODE(run|shell) ARGS...
         -chardev stdio,id=con,signal=off -serial chardev:con
         -device intel-iommu,intremap=on
         -device pcie-root-port,id=rp1,chassis=1,slot=1
-        -netdev user,id=n0 -device igb,bus=rp1,netdev=n0
+        -netdev "${TESTHOST_IGB_NETDEV:-user},id=n0" -device igb,bus=rp1,netdev=n0
         -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap
         -kernel "$KERNEL_BZIMAGE" -initrd "$TH_INITRD" -append "$append"
     )

@@ -219,6 +219,10 @@ fn run_vmm(
     };
     let enhanced = state.eni == EniKind::Enhanced;
     if enhanced {
+        // The subnet's gateway address lives on the bridge; the host answers ARP for
+        // it on the PF too (Linux answers for any local address), which is how a VF
+        // guest reaches its gateway and, through it, the metadata service.
+        network::ensure_bridge()?;
         let _lock = paths.lock()?;
         ImdsService::write_config(paths, &store.list()?)?;
         ImdsService::ensure(paths)?;
