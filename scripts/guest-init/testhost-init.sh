@@ -63,9 +63,6 @@ mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000,cache=loose,ro hostroo
 # read-only host root: /tmp, /run, /var/tmp, /dev/shm (all tmpfs, lost at power-off).
 mount -t proc proc /host/proc
 mount -t sysfs sysfs /host/sys
-# The unified cgroup hierarchy where a systemd host has it (the front door puts each
-# instance's VMM in a child cgroup for CPU credits).
-mount -t cgroup2 cgroup2 /host/sys/fs/cgroup 2>/dev/null || say "no cgroup2 (CPU credits untestable)"
 mount -t devtmpfs devtmpfs /host/dev
 mkdir -p /host/dev/pts /host/dev/shm
 mount -t devpts devpts /host/dev/pts
