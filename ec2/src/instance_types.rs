@@ -127,6 +127,20 @@ pub fn all() -> &'static [InstanceTypeInfo] {
     CATALOGUE
 }
 
+/// DescribeInstanceTypes: every type when `names` is empty, else those (an unknown
+/// name is EC2's error), as `{"InstanceTypes": [...]}`.
+pub fn describe(names: &[String]) -> Result<serde_json::Value, Ec2Error> {
+    let types: Vec<serde_json::Value> = if names.is_empty() {
+        all().iter().map(|t| t.describe_json()).collect()
+    } else {
+        names
+            .iter()
+            .map(|name| lookup(name).map(|t| t.describe_json()))
+            .collect::<Result<_, _>>()?
+    };
+    Ok(serde_json::json!({ "InstanceTypes": types }))
+}
+
 const fn ebs(baseline: (u32, f64, u32), maximum: (u32, f64, u32)) -> EbsLimits {
     EbsLimits {
         baseline_bandwidth_in_mbps: baseline.0,

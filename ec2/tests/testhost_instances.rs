@@ -10,17 +10,10 @@
 use std::path::Path;
 use std::time::Duration;
 
-use integration_tests::{field, repo_root, sh_quote, testhost_run, workspace_bin};
+use integration_tests::{field, sh_quote, testhost_run, workspace_bin};
 
-fn ami_file(name: &str) -> String {
-    let path = repo_root().join(".cache/ami").join(name);
-    assert!(
-        path.is_file(),
-        "{} missing: run scripts/default-ami.sh (scripts/setup/vmm.sh does)",
-        path.display()
-    );
-    path.to_string_lossy().into_owned()
-}
+mod common;
+use common::ami_file;
 
 const SCRIPT: &str = r#"
 set -u

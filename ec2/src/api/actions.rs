@@ -85,18 +85,7 @@ pub fn dispatch(launcher: &Launcher, action: &str, input: Value) -> Result<Value
             input.remove("NextToken");
             let names = take_strings(&mut input, "InstanceTypes")?;
             no_more(&input)?;
-            let types: Vec<Value> = if names.is_empty() {
-                crate::instance_types::all()
-                    .iter()
-                    .map(|t| t.describe_json())
-                    .collect()
-            } else {
-                names
-                    .iter()
-                    .map(|name| crate::instance_types::lookup(name).map(|t| t.describe_json()))
-                    .collect::<Result<_, _>>()?
-            };
-            Ok(json!({ "InstanceTypes": types }))
+            crate::instance_types::describe(&names)
         }
         "DescribeImages" => {
             input.remove("MaxResults");

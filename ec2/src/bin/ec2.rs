@@ -595,18 +595,7 @@ fn run(cli: Cli) -> anyhow::Result<Option<Value>> {
             launcher.describe_credit_specifications(&instance_ids)?
         }
         Verb::DescribeInstanceTypes { instance_types } => {
-            let types: Vec<Value> = if instance_types.is_empty() {
-                ec2::instance_types::all()
-                    .iter()
-                    .map(|t| t.describe_json())
-                    .collect()
-            } else {
-                instance_types
-                    .iter()
-                    .map(|name| ec2::instance_types::lookup(name).map(|t| t.describe_json()))
-                    .collect::<Result<_, _>>()?
-            };
-            json!({"InstanceTypes": types})
+            ec2::instance_types::describe(&instance_types)?
         }
     };
     Ok(Some(value))
