@@ -22,6 +22,11 @@ cargo fmt --all -- --check
 step "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
+# The fuzz targets' code is behind `--cfg fuzzing`, which neither clippy nor the tests
+# compile: check it here so a break shows in minutes, not after the test-host tier.
+step "cargo check --cfg fuzzing"
+RUSTFLAGS="--cfg fuzzing" CARGO_TARGET_DIR=target/cfg-fuzzing cargo check -p devices
+
 step "cargo test"
 cargo test --workspace "$@"
 

@@ -462,6 +462,7 @@ fn execute<B: vm_memory::bitmap::BitmapSlice>(
 /// in-memory disk.
 #[cfg(fuzzing)]
 pub fn fuzz_queue(data: &[u8]) {
+    use virtio_queue::QueueT;
     use vm_memory::{Bytes, GuestAddress};
     struct Disk(std::sync::Mutex<Vec<u8>>);
     impl BlockBackend for Disk {
