@@ -373,6 +373,62 @@ fn the_aws_cli_drives_the_front_door() {
     );
     api.aws(&["wait", "instance-terminated", "--instance-ids", &id]);
 
+    // Idempotency: a retried RunInstances (same ClientToken, same parameters)
+    // answers with the first call's reservation and launches nothing; the same
+    // token with other parameters is refused.
+    let launch = |instance_type: &str| {
+        vec![
+            "run-instances".to_string(),
+            "--image-id".to_string(),
+            image.clone(),
+            "--instance-type".to_string(),
+            instance_type.to_string(),
+            "--client-token".to_string(),
+            "retry-0001".to_string(),
+        ]
+    };
+    fn as_strs(v: &[String]) -> Vec<&str> {
+        v.iter().map(String::as_str).collect()
+    }
+    let first = api.aws(&as_strs(&launch("t3.micro")));
+    let retried = api.aws(&as_strs(&launch("t3.micro")));
+    assert_eq!(first["ReservationId"], retried["ReservationId"]);
+    let token_id = first["Instances"][0]["InstanceId"]
+        .as_str()
+        .expect("InstanceId")
+        .to_string();
+    assert_eq!(retried["Instances"][0]["InstanceId"], token_id.as_str());
+    assert_eq!(retried["Instances"][0]["ClientToken"], "retry-0001");
+    let with_token = api.aws(&[
+        "describe-instances",
+        "--filters",
+        "Name=client-token,Values=retry-0001",
+    ]);
+    let launched_with_token: Vec<&Value> = with_token["Reservations"]
+        .as_array()
+        .expect("Reservations")
+        .iter()
+        .flat_map(|r| r["Instances"].as_array().expect("Instances"))
+        .collect();
+    assert_eq!(launched_with_token.len(), 1, "{with_token}");
+    let mismatch = api.aws_error("AKIDLOCALTEST", &as_strs(&launch("t3.small")));
+    assert!(
+        mismatch.contains("(IdempotentParameterMismatch)"),
+        "{mismatch}"
+    );
+    api.aws(&[
+        "terminate-instances",
+        "--instance-ids",
+        &token_id,
+        "--force",
+    ]);
+    api.aws(&["wait", "instance-terminated", "--instance-ids", &token_id]);
+    // Still the same answer once the instance is gone (EC2 keeps a token's
+    // reservation at least as long as it lists terminated instances).
+    let late = api.aws(&as_strs(&launch("t3.micro")));
+    assert_eq!(late["Instances"][0]["InstanceId"], token_id.as_str());
+    assert_eq!(late["Instances"][0]["State"]["Name"], "terminated");
+
     // EC2's errors, through the aws CLI...
     let missing = api.aws_error(
         "AKIDLOCALTEST",
@@ -422,8 +478,8 @@ fn the_aws_cli_drives_the_front_door() {
         body.starts_with("<?xml") && body.contains("<instanceType>t3.nano</instanceType>"),
         "{body}"
     );
-    // Nothing above launched anything: the one instance is terminated, and the
-    // data volume it kept is still there for the image's owner to reuse.
+    // Nothing above launched anything else: the first instance and the one the
+    // client token launched (once) are terminated.
     let all = api.aws(&["describe-instances"]);
     let states: Vec<&str> = all["Reservations"]
         .as_array()
@@ -432,5 +488,5 @@ fn the_aws_cli_drives_the_front_door() {
         .flat_map(|r| r["Instances"].as_array().into_iter().flatten())
         .filter_map(|i| i["State"]["Name"].as_str())
         .collect();
-    assert_eq!(states, ["terminated"]);
+    assert_eq!(states, ["terminated", "terminated"]);
 }

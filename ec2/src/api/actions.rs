@@ -183,9 +183,9 @@ pub fn dispatch(launcher: &Launcher, action: &str, input: Value) -> Result<Value
 }
 
 fn run_instances(launcher: &Launcher, mut input: Map<String, Value>) -> Result<Value, Ec2Error> {
-    // The aws CLI and boto3 send an idempotency token with every call; retries
-    // of a lost answer are not deduplicated yet (docs/front-door.md).
-    input.remove("ClientToken");
+    // The aws CLI and boto3 send an idempotency token with every call and reuse
+    // it on a retry: the launcher deduplicates (client_token.rs).
+    let client_token = take_string(&mut input, "ClientToken")?;
     let min = take_u32(&mut input, "MinCount")?.ok_or_else(|| missing("MinCount"))?;
     let max = take_u32(&mut input, "MaxCount")?.ok_or_else(|| missing("MaxCount"))?;
     if min == 0 || min > max {
@@ -243,6 +243,7 @@ fn run_instances(launcher: &Launcher, mut input: Map<String, Value>) -> Result<V
         placement: input.remove("Placement").map(from_json).transpose()?,
         shutdown_behavior,
         hibernation,
+        client_token,
     };
     no_more(&input)?;
     launcher.run_instances(&request)

@@ -80,6 +80,10 @@ enum Verb {
         /// `CpuCredits=standard|unlimited` (T types; default unlimited).
         #[arg(long)]
         credit_specification: Option<String>,
+        /// Idempotency: a retry with the same token returns the first call's
+        /// reservation instead of launching again.
+        #[arg(long)]
+        client_token: Option<String>,
         /// Follow the console after launch (default when no other argument is given).
         #[arg(long)]
         attach: bool,
@@ -326,6 +330,7 @@ fn run(cli: Cli) -> anyhow::Result<Option<Value>> {
             hibernation_options,
             network_interfaces,
             credit_specification,
+            client_token,
             attach,
             no_attach,
         } => {
@@ -362,6 +367,7 @@ fn run(cli: Cli) -> anyhow::Result<Option<Value>> {
                 None => None,
             };
             let request = RunRequest {
+                client_token,
                 credit_specification,
                 hibernation,
                 network_interfaces: if network_interfaces.is_empty() {

@@ -275,6 +275,7 @@ const INSTANCE_FILTERS: &[&str] = &[
     "root-device-name",
     "block-device-mapping.volume-id",
     "network-interface.network-interface-id",
+    "client-token",
 ];
 
 fn filter_values(record: &InstanceRecord, name: &str) -> Vec<String> {
@@ -294,6 +295,7 @@ fn filter_values(record: &InstanceRecord, name: &str) -> Vec<String> {
         "owner-id" => one(&record.owner_id),
         "private-ip-address" => instance.private_ip_address.iter().cloned().collect(),
         "key-name" => instance.key_name.iter().cloned().collect(),
+        "client-token" => instance.client_token.iter().cloned().collect(),
         "architecture" => one(&instance.architecture),
         "root-device-name" => one(&instance.root_device_name),
         "block-device-mapping.volume-id" => instance

@@ -9,6 +9,7 @@
 //! state directory's lock, so the CLI and the supervisors can run side by side.
 
 pub mod boot_volume;
+pub mod client_token;
 pub mod enhanced;
 pub mod hibernate;
 pub mod images;

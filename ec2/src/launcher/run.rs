@@ -6,6 +6,7 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
+use super::client_token::{self, TokenOutcome};
 use super::enhanced::{self, EnhancedInputs, EniKind, InterfaceChoice};
 use super::{network, supervisor, AttachedVolume, LaunchState, Launcher, ZONE};
 use crate::cpu_credits::{Clock, CreditAccount, CreditMode, SystemClock};
@@ -47,6 +48,8 @@ pub struct RunRequest {
     /// `--credit-specification CpuCredits=standard|unlimited` (T types; default
     /// unlimited, as EC2 launches T3/T3a).
     pub credit_specification: Option<CreditMode>,
+    /// `--client-token`: idempotency (client_token.rs).
+    pub client_token: Option<String>,
 }
 
 /// What the launch asks of the primary ENI.
@@ -123,6 +126,34 @@ impl Launcher {
     }
 
     pub fn run_instances(&self, request: &RunRequest) -> Result<Value, Ec2Error> {
+        let Some(token) = &request.client_token else {
+            return self.launch_reservation(request, &new_id(ResourceKind::Reservation));
+        };
+        // Every parameter but the token, in a canonical text.
+        let parameters = format!(
+            "{:?}",
+            RunRequest {
+                client_token: None,
+                ..request.clone()
+            }
+        );
+        match self.claim_client_token(token, &client_token::fingerprint(&parameters))? {
+            TokenOutcome::Replay(reply) => Ok(reply),
+            TokenOutcome::Launch { reservation_id } => {
+                let launched = self.launch_reservation(request, &reservation_id);
+                if let Err(e) = self.settle_client_token(token) {
+                    log::warn!("client token {token}: {e}");
+                }
+                launched
+            }
+        }
+    }
+
+    fn launch_reservation(
+        &self,
+        request: &RunRequest,
+        reservation_id: &str,
+    ) -> Result<Value, Ec2Error> {
         if request.count == 0 || request.count > MAX_COUNT {
             return Err(Ec2Error::new(
                 if request.count == 0 {
@@ -205,7 +236,6 @@ impl Launcher {
             )?;
             debug_assert_eq!(kind, EniKind::Enhanced);
         }
-        let reservation_id = new_id(ResourceKind::Reservation);
         let mut launched = Vec::new();
         for index in 0..request.count {
             let record = self.launch_one(
@@ -213,7 +243,7 @@ impl Launcher {
                 &image,
                 &mappings,
                 LaunchPlan {
-                    reservation_id: &reservation_id,
+                    reservation_id,
                     index,
                     type_name,
                     vcpus: itype.vcpus,
@@ -355,7 +385,7 @@ impl Launcher {
             boot_mode: image.boot_mode,
             platform_details: image.platform_details.clone(),
             usage_operation: image.usage_operation.clone(),
-            client_token: None,
+            client_token: request.client_token.clone(),
             tags: Vec::new(),
         };
         let mut record = InstanceRecord {
