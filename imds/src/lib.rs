@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod credentials;
+pub mod dhcp;
 pub mod error;
 pub mod handler;
 pub mod http;

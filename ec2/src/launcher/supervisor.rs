@@ -459,22 +459,23 @@ fn start_vf_dhcp(record: &InstanceRecord, state: &LaunchState) -> Result<(), Ec2
         .ip
         .parse()
         .map_err(|_| Ec2Error::internal(format!("bad address {}", state.ip)))?;
-    let offer = vf_dhcp::Offer {
-        mac,
+    let lease = imds::dhcp::DhcpLease {
+        guest_mac: mac,
         ip,
-        prefix: network::PREFIX,
+        prefix_len: network::PREFIX,
         gateway: network::GATEWAY,
+        dns: None,
         mtu: 1500,
+        lease_secs: vf_dhcp::LEASE_SECS,
         hostname: record
             .instance
             .private_dns_name
             .split('.')
             .next()
-            .unwrap_or_default()
-            .to_string(),
+            .map(str::to_string),
     };
     let responder = vf_dhcp::Responder::open()?;
-    std::thread::spawn(move || responder.serve(&offer));
+    std::thread::spawn(move || responder.serve(&lease));
     Ok(())
 }
 
