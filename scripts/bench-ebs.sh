@@ -5,6 +5,9 @@
 #
 #   scripts/bench-ebs.sh [seconds-per-job]      (default 10)
 #
+# A second table compares clients on ebsd at depth 16: fio's libnbd engine and the
+# ebs-blockdev NbdClient the VMM's EBS backend uses (examples/nbd_client_bench.rs).
+#
 # Needs: scripts/setup/ebs.sh (qemu-nbd, fio), a Rust toolchain. The ebsd volume is an io2
 # volume provisioned at 256,000 IOPS so that QoS does not bind. Both servers use the page
 # cache (ebsd: buffered I/O, fdatasync on FLUSH/FUA; qemu-nbd: --cache=writeback), so the
@@ -29,7 +32,7 @@ cleanup() {
 trap cleanup EXIT
 
 echo "bench-ebs: building release binaries" >&2
-cargo build --release --quiet -p ebs-blockdev
+cargo build --release --quiet -p ebs-blockdev --bins --example nbd_client_bench
 bin="$CARGO_TARGET_DIR/release"
 
 "$bin/ebsd" serve --data-dir "$work/data" --nbd-listen "unix:$work/ebsd.sock" \
@@ -77,6 +80,18 @@ for target in ebsd qemu-nbd; do
     done
 done
 
+# The clients on ebsd at the depth the VMM's EBS backend has (16 I/O threads per
+# drive): fio's libnbd engine against the ebs-blockdev NbdClient the VMM uses.
+uri="nbd+unix:///$export_name?socket=$work/ebsd.sock"
+client_rows=()
+for rw in randread randwrite; do
+    echo "bench-ebs: clients: $rw 4k depth 16 for ${runtime}s" >&2
+    read -r libnbd_iops _ <<<"$(run_job "$uri" "$rw" 4k 16)"
+    line="$("$bin/examples/nbd_client_bench" "unix:$work/ebsd.sock" "$export_name" \
+        "${rw#rand}" 16 "$runtime" 4096 $((1 << 30)))"
+    client_rows+=("| $rw 4k, 16 in flight | $libnbd_iops | ${line#*: } |")
+done
+
 echo "| job | ebsd IOPS | ebsd MiB/s | qemu-nbd IOPS | qemu-nbd MiB/s |"
 echo "|---|---:|---:|---:|---:|"
 for job in "randread 4k QD32:randread" "randwrite 4k QD32:randwrite" "read 1M QD8:read" "write 1M QD8:write"; do
@@ -85,3 +100,7 @@ for job in "randread 4k QD32:randread" "randwrite 4k QD32:randwrite" "read 1M QD
     read -r qemu_iops qemu_mibps <<<"${results[qemu-nbd $key]}"
     echo "| $label | $ebsd_iops | $ebsd_mibps | $qemu_iops | $qemu_mibps |"
 done
+echo
+echo "| ebsd, client | fio libnbd IOPS | ebs-blockdev NbdClient (the VMM's) |"
+echo "|---|---:|---|"
+printf '%s\n' "${client_rows[@]}"

@@ -8,25 +8,12 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use integration_tests::{field, sh_quote, testhost_run, workspace_bin};
+use integration_tests::field;
 
 mod common;
-use common::ami_file;
+use common::{ami_file, run_scenario};
 
 const SCRIPT: &str = r#"
-set -u
-E="$EC2"
-export NITRO_STATE_DIR=/tmp/nitro
-json() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
-console() { "$E" get-console-output --instance-id "$1" | json 'd["Output"]'; }
-waitcon() {
-    local i
-    for i in $(seq $((${3:-180} * 2))); do
-        console "$1" | grep -q -- "$2" && return 0
-        sleep 0.5
-    done
-    echo "TIMEOUT waiting for '$2' on $1"; console "$1" | tail -40; return 1
-}
 AMI=$("$E" import-image --disk-containers "Format=raw,Url=file://$ROOTIMG" --name boot-volume 2>/dev/null | json 'd["ImageId"]')
 echo "KERNELID $("$E" describe-images --image-ids "$AMI" | json 'd["Images"][0].get("KernelId", "none")')"
 ID=$("$E" run-instances --image-id "$AMI" --instance-type t3.nano --no-attach \
@@ -77,9 +64,6 @@ fn root_with_boot(dir: &Path, version: &str, cmdline: &str) -> String {
 
 #[test]
 fn an_image_without_a_kernel_boots_from_its_root_volume() {
-    let ec2 = workspace_bin("ec2", "ec2");
-    workspace_bin("vmm", "vmm");
-    workspace_bin("ebs-blockdev", "ebsd");
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(ami_file("manifest.json")).expect("manifest"))
             .expect("manifest JSON");
@@ -92,21 +76,8 @@ fn an_image_without_a_kernel_boots_from_its_root_volume() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let root = root_with_boot(&dir, version, &cmdline);
-    let mut script = String::new();
-    for (k, v) in [
-        ("EC2", ec2.to_string_lossy().into_owned()),
-        ("ROOTIMG", root),
-    ] {
-        script.push_str(&format!("{k}={}\n", sh_quote(&v)));
-    }
-    script.push_str(SCRIPT);
-    let file = dir.join("boot-volume.sh");
-    std::fs::write(&file, script).expect("script");
-    let out = testhost_run(
-        &format!("bash {}", sh_quote(&file.to_string_lossy())),
-        Duration::from_secs(1200),
-    );
-    let all = format!("{}\n--- stderr ---\n{}", out.stdout, out.stderr);
+    let env = [("ROOTIMG", root)];
+    let (out, all) = run_scenario("boot-volume", SCRIPT, &env, Duration::from_secs(1200));
     assert!(out.stdout.contains("SCENARIO-DONE"), "{all}");
     assert_eq!(field(&out.stdout, "KERNELID"), Some("none"), "{all}");
     assert_eq!(

@@ -8,37 +8,21 @@
 //! InsufficientInstanceCapacity and launches nothing; after terminate the VF is back
 //! in the pool on its own driver.
 
-use std::path::Path;
 use std::time::Duration;
 
-use integration_tests::{field, sh_quote, testhost_run, workspace_bin};
+use integration_tests::{field, workspace_bin};
 
 mod common;
-use common::ami_file;
+use common::run_scenario;
 
 const SCRIPT: &str = r#"
-set -u
-E="$EC2"
-export NITRO_STATE_DIR=/tmp/nitro NITRO_VF_POOL=/run/vf-pool
-json() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
-console() { "$E" get-console-output --instance-id "$1" | json 'd["Output"]'; }
-waitcon() {
-    local i
-    for i in $(seq $((${3:-240} * 2))); do
-        console "$1" | grep -q -- "$2" && return 0
-        sleep 0.5
-    done
-    echo "TIMEOUT waiting for '$2' on $1"; console "$1" | tail -40
-    tail -n 20 "$NITRO_STATE_DIR/run/$1/supervisor.log" "$NITRO_STATE_DIR/run/$1/vmm.log" \
-        "$NITRO_STATE_DIR/imdsd/imdsd.log"
-    ip -br addr; ip route; ip neigh; return 1
-}
-err() { "$E" "$@" 2>&1 >/dev/null | head -1 | json 'd["Error"]["Code"]' 2>/dev/null; }
+export NITRO_VF_POOL=/run/vf-pool
+# What waitcon adds on a timeout: the metadata service and the host's network.
+diagnose() { tail -n 20 "$NITRO_STATE_DIR/imdsd/imdsd.log"; ip -br addr; ip route; ip neigh; }
 
 ip link set eth0 up; sleep 1
 "$CTL" enable eth0 2 >/dev/null || exit 1
-AMI=$("$E" import-image --disk-containers "Format=raw,Url=file://$ROOTIMG" --kernel-file "$KERNEL" \
-      --ramdisk-file "$RAMDISK" --kernel-parameters "$CMDLINE" --name nitro-default 2>/dev/null | json 'd["ImageId"]')
+AMI=$(default_ami)
 cat > /tmp/ud.sh <<'EOF2'
 #!/bin/sh
 T=$(curl -s -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 60' http://169.254.169.254/latest/api/token)
@@ -61,42 +45,15 @@ echo "SCENARIO-DONE"
 
 #[test]
 fn enhanced_networking_through_the_front_door() {
-    let ec2 = workspace_bin("ec2", "ec2");
-    workspace_bin("vmm", "vmm");
-    workspace_bin("ebs-blockdev", "ebsd");
     workspace_bin("imds", "imdsd");
     let ctl = workspace_bin("sriov", "sriovctl");
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(ami_file("manifest.json")).expect("manifest"))
-            .expect("manifest JSON");
-    let env = [
-        ("EC2", ec2.to_string_lossy().into_owned()),
-        ("CTL", ctl.to_string_lossy().into_owned()),
-        ("ROOTIMG", ami_file("root.img")),
-        ("KERNEL", ami_file("kernel")),
-        ("RAMDISK", ami_file("ramdisk.cpio.gz")),
-        (
-            "CMDLINE",
-            manifest["cmdline"].as_str().expect("cmdline").into(),
-        ),
-    ];
-    let mut script = String::new();
-    for (k, v) in env {
-        script.push_str(&format!("{k}={}\n", sh_quote(&v)));
-    }
-    script.push_str(SCRIPT);
-    let file = Path::new(env!("CARGO_TARGET_TMPDIR")).join("enhanced-e2e.sh");
-    std::fs::write(&file, script).expect("script");
+    let env = [("CTL", ctl.to_string_lossy().into_owned())];
     // The igb's wire leads nowhere: with QEMU's user network on it, its DHCP server
     // (10.0.2.2) answers the VF's request before the supervisor does, as a second
     // DHCP server on a VPC would. On EC2 the VPC's DHCP is the only one. (This
     // binary runs one test, so setting the variable races with nothing.)
     std::env::set_var("TESTHOST_IGB_NETDEV", "hubport,hubid=9");
-    let out = testhost_run(
-        &format!("bash {}", sh_quote(&file.to_string_lossy())),
-        Duration::from_secs(1500),
-    );
-    let all = format!("{}\n--- stderr ---\n{}", out.stdout, out.stderr);
+    let (out, all) = run_scenario("enhanced-e2e", SCRIPT, &env, Duration::from_secs(1500));
     assert!(out.stdout.contains("SCENARIO-DONE"), "{all}");
     assert_eq!(
         field(&out.stdout, "VF-GUEST"),

@@ -6,34 +6,17 @@
 //! hibernating an instance launched without it, and hibernation with an unencrypted
 //! root.
 
-use std::path::Path;
 use std::time::Duration;
 
-use integration_tests::{field, sh_quote, testhost_run, workspace_bin};
+use integration_tests::field;
 
 mod common;
-use common::ami_file;
+use common::run_scenario;
 
 const SCRIPT: &str = r#"
-set -u
-E="$EC2"
-export NITRO_STATE_DIR=/tmp/nitro
-json() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
-console() { "$E" get-console-output --instance-id "$1" | json 'd["Output"]'; }
-waitcon() {
-    local n=${4:-1} i
-    for i in $(seq $((${3:-180} * 2))); do
-        [ "$(console "$1" | grep -c -- "$2")" -ge "$n" ] && return 0
-        sleep 0.5
-    done
-    echo "TIMEOUT waiting for '$2' on $1"; console "$1" | tail -40; return 1
-}
-send() { printf '%s\n' "$2" > "$NITRO_STATE_DIR/run/$1/console.in"; }
-err() { "$E" "$@" 2>&1 >/dev/null | head -1 | json 'd["Error"]["Code"]' 2>/dev/null; }
 last_tick() { console "$1" | grep -a '^TICK [0-9]' | tail -1; }
 
-AMI=$("$E" import-image --disk-containers "Format=raw,Url=file://$ROOTIMG" --kernel-file "$KERNEL" \
-      --ramdisk-file "$RAMDISK" --kernel-parameters "$CMDLINE" --name nitro-default 2>/dev/null | json 'd["ImageId"]')
+AMI=$(default_ami)
 echo "UNENCRYPTED $(err run-instances --image-id "$AMI" --instance-type t3.nano --hibernation-options Configured=true --no-attach)"
 PLAIN=$("$E" run-instances --image-id "$AMI" --instance-type t3.nano --no-attach | json 'd["Instances"][0]["InstanceId"]')
 waitcon "$PLAIN" "ec2-init:" || exit 1
@@ -68,35 +51,7 @@ echo "SCENARIO-DONE"
 
 #[test]
 fn hibernated_instance_resumes_where_it_was() {
-    let ec2 = workspace_bin("ec2", "ec2");
-    workspace_bin("vmm", "vmm");
-    let ebs = workspace_bin("ebs-blockdev", "ebs");
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(ami_file("manifest.json")).expect("manifest"))
-            .expect("manifest JSON");
-    let env = [
-        ("EC2", ec2.to_string_lossy().into_owned()),
-        ("EBS", ebs.to_string_lossy().into_owned()),
-        ("ROOTIMG", ami_file("root.img")),
-        ("KERNEL", ami_file("kernel")),
-        ("RAMDISK", ami_file("ramdisk.cpio.gz")),
-        (
-            "CMDLINE",
-            manifest["cmdline"].as_str().expect("cmdline").to_string(),
-        ),
-    ];
-    let mut script = String::new();
-    for (k, v) in env {
-        script.push_str(&format!("{k}={}\n", sh_quote(&v)));
-    }
-    script.push_str(SCRIPT);
-    let file = Path::new(env!("CARGO_TARGET_TMPDIR")).join("hibernate-e2e.sh");
-    std::fs::write(&file, script).expect("script");
-    let out = testhost_run(
-        &format!("bash {}", sh_quote(&file.to_string_lossy())),
-        Duration::from_secs(1200),
-    );
-    let all = format!("{}\n--- stderr ---\n{}", out.stdout, out.stderr);
+    let (out, all) = run_scenario("hibernate-e2e", SCRIPT, &[], Duration::from_secs(1200));
     assert!(out.stdout.contains("SCENARIO-DONE"), "{all}");
     assert_eq!(
         field(&out.stdout, "UNENCRYPTED"),
