@@ -5,31 +5,17 @@
 //! and its usage rate drops to about 0.1 CPU. The VMM got the type's EBS and network
 //! limits on its command line.
 
-use std::path::Path;
 use std::time::Duration;
 
-use integration_tests::{field, sh_quote, testhost_run, workspace_bin};
+use integration_tests::field;
 
 mod common;
-use common::ami_file;
+use common::run_scenario;
 
 const SCRIPT: &str = r#"
-set -u
-E="$EC2"
-export NITRO_STATE_DIR=/tmp/nitro
-json() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
-console() { "$E" get-console-output --instance-id "$1" | json 'd["Output"]'; }
-waitcon() {
-    local i
-    for i in $(seq 480); do console "$1" | grep -q -- "$2" && return 0; sleep 0.5; done
-    echo "TIMEOUT waiting for '$2'"; console "$1" | tail -30; return 1
-}
-# The test host mounts no cgroup2 of its own (a systemd host has it at /sys/fs/cgroup).
-# Only this test mounts it: with it, testhost_instances' crash-recovery step hangs (an
-# open bug, see docs/front-door.md).
+# A systemd host has cgroup2 at /sys/fs/cgroup; mount it if the test host has not.
 grep -q " /sys/fs/cgroup cgroup2 " /proc/mounts || mount -t cgroup2 cgroup2 /sys/fs/cgroup
-AMI=$("$E" import-image --disk-containers "Format=raw,Url=file://$ROOTIMG" --kernel-file "$KERNEL" \
-      --ramdisk-file "$RAMDISK" --kernel-parameters "$CMDLINE" --name nitro-default 2>/dev/null | json 'd["ImageId"]')
+AMI=$(default_ami)
 ID=$("$E" run-instances --image-id "$AMI" --instance-type t3.nano --no-attach | json 'd["Instances"][0]["InstanceId"]')
 [ -n "$ID" ] || exit 1
 waitcon "$ID" "ec2-init:" || exit 1
@@ -57,34 +43,7 @@ echo "SCENARIO-DONE"
 
 #[test]
 fn cpu_credits_hold_a_standard_instance_to_its_baseline() {
-    let ec2 = workspace_bin("ec2", "ec2");
-    workspace_bin("vmm", "vmm");
-    workspace_bin("ebs-blockdev", "ebsd");
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(ami_file("manifest.json")).expect("manifest"))
-            .expect("manifest JSON");
-    let env = [
-        ("EC2", ec2.to_string_lossy().into_owned()),
-        ("ROOTIMG", ami_file("root.img")),
-        ("KERNEL", ami_file("kernel")),
-        ("RAMDISK", ami_file("ramdisk.cpio.gz")),
-        (
-            "CMDLINE",
-            manifest["cmdline"].as_str().expect("cmdline").into(),
-        ),
-    ];
-    let mut script = String::new();
-    for (k, v) in env {
-        script.push_str(&format!("{k}={}\n", sh_quote(&v)));
-    }
-    script.push_str(SCRIPT);
-    let file = Path::new(env!("CARGO_TARGET_TMPDIR")).join("credits-e2e.sh");
-    std::fs::write(&file, script).expect("script");
-    let out = testhost_run(
-        &format!("bash {}", sh_quote(&file.to_string_lossy())),
-        Duration::from_secs(1500),
-    );
-    let all = format!("{}\n--- stderr ---\n{}", out.stdout, out.stderr);
+    let (out, all) = run_scenario("credits-e2e", SCRIPT, &[], Duration::from_secs(1500));
     assert!(out.stdout.contains("SCENARIO-DONE"), "{all}");
     // t3.nano: EBS maximum 260.57 MB/s and 11,800 IOPS, one drive; 5 Gbps peak.
     assert_eq!(
