@@ -9,6 +9,7 @@ mod direct;
 use std::io::Read;
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
+use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -300,13 +301,82 @@ pub fn render_metrics(service: &Service) -> String {
     out
 }
 
-/// Serves the API on `server` with `workers` threads.
+/// A way to (re)create the API's listener.
+pub type BindApi = Box<dyn Fn() -> Result<tiny_http::Server, String> + Send>;
+/// Whether the API answers a request (within the probe's own timeout).
+pub type ProbeApi = Box<dyn Fn() -> bool + Send>;
+
+/// How often the listener is probed, and how many failed probes in a row replace it.
+const PROBE_INTERVAL: Duration = Duration::from_secs(2);
+const PROBE_FAILURES: u32 = 3;
+
+/// Serves the API with `workers` threads on `first`, for the life of the process, and
+/// replaces the listener when it stops answering. tiny_http's accept thread ends at
+/// the first failed accept (it reports the error) and panics when a descriptor cannot
+/// be duplicated (EMFILE); either way its workers would wait forever: a deaf API while
+/// NBD goes on, and every client hanging. So a probe asks the API every
+/// `PROBE_INTERVAL`; after `PROBE_FAILURES` unanswered probes in a row, or a reported
+/// accept error, the old workers are released and the listener is bound anew.
+pub fn serve_resilient(
+    service: Arc<Service>,
+    first: tiny_http::Server,
+    bind: BindApi,
+    probe: ProbeApi,
+    workers: usize,
+) -> JoinHandle<()> {
+    thread::spawn(move || {
+        let mut next = Ok(first);
+        loop {
+            match next {
+                Ok(server) => {
+                    let server = Arc::new(server);
+                    let handles = serve_shared(Arc::clone(&service), Arc::clone(&server), workers);
+                    let mut failures = 0;
+                    loop {
+                        thread::sleep(PROBE_INTERVAL);
+                        if handles.iter().all(JoinHandle::is_finished) {
+                            break; // an accept error released them
+                        }
+                        failures = if probe() { 0 } else { failures + 1 };
+                        if failures >= PROBE_FAILURES {
+                            log::error!("api: the listener stopped answering; replacing it");
+                            // Each released worker releases the next (see serve_shared).
+                            server.unblock();
+                            break;
+                        }
+                    }
+                    // The old server must be gone before the new one binds: dropping a
+                    // tiny_http server removes its socket file.
+                    for handle in handles {
+                        let _ = handle.join();
+                    }
+                    drop(server);
+                }
+                Err(error) => {
+                    log::error!("api: cannot bind the listener: {error}");
+                    thread::sleep(PROBE_INTERVAL);
+                }
+            }
+            next = bind();
+        }
+    })
+}
+
+/// Serves the API on `server` with `workers` threads; they all return once the
+/// server's listener fails.
 pub fn serve(
     service: Arc<Service>,
     server: tiny_http::Server,
     workers: usize,
 ) -> Vec<JoinHandle<()>> {
-    let server = Arc::new(server);
+    serve_shared(service, Arc::new(server), workers)
+}
+
+fn serve_shared(
+    service: Arc<Service>,
+    server: Arc<tiny_http::Server>,
+    workers: usize,
+) -> Vec<JoinHandle<()>> {
     (0..workers.max(1))
         .map(|_| {
             let server = Arc::clone(&server);
@@ -315,7 +385,10 @@ pub fn serve(
                 let mut request = match server.recv() {
                     Ok(request) => request,
                     Err(error) => {
-                        log::error!("api: receive failed: {error}");
+                        // The accept thread is gone (it reports one error, then ends)
+                        // or the listener is being replaced: wake the next worker.
+                        log::warn!("api: worker released: {error}");
+                        server.unblock();
                         return;
                     }
                 };

@@ -7,6 +7,7 @@ use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -67,6 +68,59 @@ struct ServeArgs {
 }
 
 /// Removes a stale socket left by a previous run; refuses to remove anything else.
+/// Whether an HTTP request on `stream` gets a status line back within 3 s (the
+/// API's liveness probe: any status will do).
+fn api_answers<S: std::io::Read + std::io::Write + ProbeTimeout>(mut stream: S) -> bool {
+    if stream.set_timeouts(Duration::from_secs(3)).is_err() {
+        return false;
+    }
+    let request = b"GET /v1/health HTTP/1.1\r\nHost: ebsd\r\nConnection: close\r\n\r\n";
+    if stream.write_all(request).is_err() {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.")
+}
+
+trait ProbeTimeout {
+    fn set_timeouts(&self, timeout: Duration) -> std::io::Result<()>;
+}
+
+impl ProbeTimeout for std::os::unix::net::UnixStream {
+    fn set_timeouts(&self, timeout: Duration) -> std::io::Result<()> {
+        self.set_read_timeout(Some(timeout))?;
+        self.set_write_timeout(Some(timeout))
+    }
+}
+
+impl ProbeTimeout for std::net::TcpStream {
+    fn set_timeouts(&self, timeout: Duration) -> std::io::Result<()> {
+        self.set_read_timeout(Some(timeout))?;
+        self.set_write_timeout(Some(timeout))
+    }
+}
+
+/// Descriptors: one per volume, per NBD connection, per API client, and bursts of
+/// object-store files during snapshot uploads; the usual soft limit (1024) is low for
+/// a host's block service, so take the hard limit.
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the limit into `limit`, a valid rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        limit.rlim_cur = limit.rlim_max;
+        // SAFETY: setrlimit only reads `limit`.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+            log::warn!("open files limit: {}", std::io::Error::last_os_error());
+        }
+    }
+}
+
 fn remove_stale_socket(path: &Path) -> Result<()> {
     match fs::symlink_metadata(path) {
         Ok(metadata) if metadata.file_type().is_socket() => {
@@ -102,6 +156,7 @@ fn wait_for_termination(signals: &libc::sigset_t) -> i32 {
 
 fn serve(args: ServeArgs) -> Result<()> {
     let signals = block_termination_signals();
+    raise_open_files_limit();
     let mut endpoints = Vec::new();
     for text in &args.nbd_listen {
         let endpoint: NbdEndpoint = text
@@ -151,15 +206,39 @@ fn serve(args: ServeArgs) -> Result<()> {
         let nbd = Arc::clone(&nbd);
         thread::spawn(move || nbd.serve_tcp(listener));
     }
-    remove_stale_socket(&args.api_sock)?;
-    let api = tiny_http::Server::http_unix(&args.api_sock)
-        .map_err(|error| anyhow::anyhow!("bind API socket {}: {error}", args.api_sock.display()))?;
-    ebs_blockdev::api::serve(Arc::clone(&service), api, args.api_workers);
-    if let Some(address) = &args.api_listen {
-        let api = tiny_http::Server::http(address)
-            .map_err(|error| anyhow::anyhow!("bind API address {address}: {error}"))?;
+    let api_sock = args.api_sock.clone();
+    let bind_unix = move || {
+        remove_stale_socket(&api_sock).map_err(|e| format!("{e:#}"))?;
+        tiny_http::Server::http_unix(&api_sock)
+            .map_err(|error| format!("bind API socket {}: {error}", api_sock.display()))
+    };
+    let api = bind_unix().map_err(anyhow::Error::msg)?;
+    let probe_path = args.api_sock.clone();
+    let probe_unix =
+        move || std::os::unix::net::UnixStream::connect(&probe_path).is_ok_and(api_answers);
+    ebs_blockdev::api::serve_resilient(
+        Arc::clone(&service),
+        api,
+        Box::new(bind_unix),
+        Box::new(probe_unix),
+        args.api_workers,
+    );
+    if let Some(address) = args.api_listen.clone() {
+        let probe_address = address.clone();
+        let bind_tcp = move || {
+            tiny_http::Server::http(&address)
+                .map_err(|error| format!("bind API address {address}: {error}"))
+        };
+        let api = bind_tcp().map_err(anyhow::Error::msg)?;
         log::info!("API on http://{}", api.server_addr());
-        ebs_blockdev::api::serve(Arc::clone(&service), api, args.api_workers);
+        let probe_tcp = move || std::net::TcpStream::connect(&probe_address).is_ok_and(api_answers);
+        ebs_blockdev::api::serve_resilient(
+            Arc::clone(&service),
+            api,
+            Box::new(bind_tcp),
+            Box::new(probe_tcp),
+            args.api_workers,
+        );
     }
     log::info!(
         "ebsd serving {} (NBD: {}; API: {})",
