@@ -74,7 +74,7 @@ fn api_answers<S: std::io::Read + std::io::Write + ProbeTimeout>(mut stream: S) 
     if stream.set_timeouts(Duration::from_secs(3)).is_err() {
         return false;
     }
-    let request = b"GET /v1/health HTTP/1.1\r\nHost: ebsd\r\nConnection: close\r\n\r\n";
+    let request = b"GET /healthz HTTP/1.1\r\nHost: ebsd\r\nConnection: close\r\n\r\n";
     if stream.write_all(request).is_err() {
         return false;
     }
