@@ -67,7 +67,6 @@ struct ServeArgs {
     api_workers: usize,
 }
 
-/// Removes a stale socket left by a previous run; refuses to remove anything else.
 /// Whether an HTTP request on `stream` gets a status line back within 3 s (the
 /// API's liveness probe: any status will do).
 fn api_answers<S: std::io::Read + std::io::Write + ProbeTimeout>(mut stream: S) -> bool {
@@ -121,6 +120,7 @@ fn raise_open_files_limit() {
     }
 }
 
+/// Removes a stale socket left by a previous run; refuses to remove anything else.
 fn remove_stale_socket(path: &Path) -> Result<()> {
     match fs::symlink_metadata(path) {
         Ok(metadata) if metadata.file_type().is_socket() => {
