@@ -14,7 +14,7 @@
 //! instances, completed with them).
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -112,9 +112,8 @@ impl Launcher {
             .join(format!("{}.json", hex(&digest.finalize())))
     }
 
-    fn read_claim(&self, token: &str) -> Result<Option<Claim>, Ec2Error> {
-        let path = self.claim_path(token);
-        match std::fs::read(&path) {
+    fn read_claim(path: &Path) -> Result<Option<Claim>, Ec2Error> {
+        match std::fs::read(path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
                 Ec2Error::internal(format!(
                     "corrupt client-token claim {}: {e}",
@@ -122,19 +121,18 @@ impl Launcher {
                 ))
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io_error(&path, e)),
+            Err(e) => Err(io_error(path, e)),
         }
     }
 
-    fn write_claim(&self, claim: &Claim) -> Result<(), Ec2Error> {
-        let path = self.claim_path(&claim.client_token);
+    fn write_claim(&self, path: &Path, claim: &Claim) -> Result<(), Ec2Error> {
         let dir = path.parent().unwrap_or(self.paths.root());
         std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
         let bytes =
             serde_json::to_vec_pretty(claim).map_err(|e| Ec2Error::internal(e.to_string()))?;
         let partial = path.with_extension("json.partial");
         std::fs::write(&partial, bytes).map_err(|e| io_error(&partial, e))?;
-        std::fs::rename(&partial, &path).map_err(|e| io_error(&path, e))
+        std::fs::rename(&partial, path).map_err(|e| io_error(path, e))
     }
 
     /// The reservation as RunInstances answered it, with its instances as they are now.
@@ -166,12 +164,13 @@ impl Launcher {
         fingerprint: &str,
     ) -> Result<TokenOutcome, Ec2Error> {
         validate(token)?;
+        let path = self.claim_path(token);
+        let key = path.to_string_lossy().into_owned();
         let deadline = Instant::now() + WAIT_FOR_OTHER;
         loop {
             {
                 let _lock = self.paths.lock()?;
-                let key = self.claim_path(token).to_string_lossy().into_owned();
-                let take_over = match self.read_claim(token)? {
+                let take_over = match Launcher::read_claim(&path)? {
                     None => true,
                     Some(claim) if claim.fingerprint != fingerprint => {
                         return Err(Ec2Error::new(
@@ -187,10 +186,13 @@ impl Launcher {
                             Some(reply) => {
                                 if !claim.complete {
                                     // Its launcher died after launching: settle for it.
-                                    self.write_claim(&Claim {
-                                        complete: true,
-                                        ..claim
-                                    })?;
+                                    self.write_claim(
+                                        &path,
+                                        &Claim {
+                                            complete: true,
+                                            ..claim
+                                        },
+                                    )?;
                                 }
                                 return Ok(TokenOutcome::Replay(reply));
                             }
@@ -213,14 +215,17 @@ impl Launcher {
                 };
                 if take_over {
                     let reservation_id = new_id(ResourceKind::Reservation);
-                    self.write_claim(&Claim {
-                        client_token: token.to_string(),
-                        account: self.account.clone(),
-                        fingerprint: fingerprint.to_string(),
-                        reservation_id: reservation_id.clone(),
-                        launcher_pid: std::process::id(),
-                        complete: false,
-                    })?;
+                    self.write_claim(
+                        &path,
+                        &Claim {
+                            client_token: token.to_string(),
+                            account: self.account.clone(),
+                            fingerprint: fingerprint.to_string(),
+                            reservation_id: reservation_id.clone(),
+                            launcher_pid: std::process::id(),
+                            complete: false,
+                        },
+                    )?;
                     launching_here().insert(key);
                     return Ok(TokenOutcome::Launch { reservation_id });
                 }
@@ -239,21 +244,23 @@ impl Launcher {
     /// token (a retry returns them); one that created nothing frees it for a retry.
     pub fn settle_client_token(&self, token: &str) -> Result<(), Ec2Error> {
         let _lock = self.paths.lock()?;
-        let key = self.claim_path(token).to_string_lossy().into_owned();
-        launching_here().remove(&key);
-        let Some(claim) = self.read_claim(token)? else {
+        let path = self.claim_path(token);
+        launching_here().remove(path.to_string_lossy().as_ref());
+        let Some(claim) = Launcher::read_claim(&path)? else {
             return Ok(());
         };
         if claim.launcher_pid != std::process::id() || claim.complete {
             return Ok(());
         }
         if self.reservation_reply(&claim.reservation_id)?.is_some() {
-            self.write_claim(&Claim {
-                complete: true,
-                ..claim
-            })
+            self.write_claim(
+                &path,
+                &Claim {
+                    complete: true,
+                    ..claim
+                },
+            )
         } else {
-            let path = self.claim_path(token);
             std::fs::remove_file(&path).map_err(|e| io_error(&path, e))
         }
     }
